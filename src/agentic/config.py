@@ -1,0 +1,211 @@
+"""Settings: the one place that reads the environment and `.env`.
+
+Every variable of the model-backends guide keeps its exact name and default. The real environment
+wins over `.env`; a bad value fails at start with one line naming the variable, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from dotenv import dotenv_values
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_MODEL_1B_PATH",
+    "DEFAULT_MODEL_7B_PATH",
+    "Settings",
+    "SettingSource",
+    "apply_gpu_environment",
+    "load_settings",
+    "physical_cores",
+    "setting_sources",
+]
+
+BACKENDS = ("llama_cpp", "openai", "transformers_gpu")
+Backend = Literal["llama_cpp", "openai", "transformers_gpu"]
+TorchDtype = Literal["float16", "bfloat16", "float32"]
+SettingSource = Literal["default", ".env", "environment", "argument"]
+
+DEFAULT_MODEL_7B_PATH = Path("models/qwen-7b/qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf")
+DEFAULT_MODEL_1B_PATH = Path("models/qwen-1.5b/model.gguf")
+SECRET_FIELDS = frozenset({"openai_api_key", "api_keys", "admin_key"})
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use: more llama.cpp threads than cores slows it down."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    try:
+        physical_id = core_id = ""
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "physical id":
+                physical_id = value.strip()
+            elif key == "core id":
+                core_id = value.strip()
+                cores.add((physical_id, core_id))
+    except OSError:
+        pass
+    return max(1, min(usable, len(cores) or usable))
+
+
+def _field(default: Any, env: str, description: str, **bounds: Any) -> Any:
+    """A settings field read from exactly the guide's variable name."""
+    return Field(default, validation_alias=AliasChoices(env), description=description, **bounds)
+
+
+class Settings(BaseSettings):
+    """Every setting of agentic, named as in the guide (`MODEL_*`, `OPENAI_*`, `GPU_*`, `API_*`)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+        protected_namespaces=(),
+    )
+
+    model_backend: Backend = _field(
+        "llama_cpp", "MODEL_BACKEND", "Which backend serves both tiers: llama_cpp, openai or transformers_gpu."
+    )
+    model_7b_path: Path = _field(
+        DEFAULT_MODEL_7B_PATH, "MODEL_7B_PATH",
+        "GGUF file of the heavy model (first part of a split model is fine). "
+        "Unset and missing: the embedded Gemma 3 270M is used.",
+    )
+    model_1b_path: Path = _field(
+        DEFAULT_MODEL_1B_PATH, "MODEL_1B_PATH",
+        "GGUF file of the light model. Unset and missing: the embedded Gemma 3 270M is used.",
+    )
+    model_context_size: int = _field(
+        4096, "MODEL_CONTEXT_SIZE", "Context window in tokens (prompt + completion).", ge=64, le=1_048_576
+    )
+    model_n_threads: int = _field(
+        0, "MODEL_N_THREADS", "CPU threads for llama.cpp; 0 = this machine's physical cores.", ge=0, le=1024
+    )
+    model_gpu_layers: int = _field(
+        30, "MODEL_GPU_LAYERS",
+        "Layers offloaded to the GPU (0 = CPU only, -1 = all). Ignored, with one log line, "
+        "when llama-cpp-python was built without GPU support.", ge=-1,
+    )
+    model_preload: bool = _field(
+        False, "MODEL_PRELOAD", "Load both tiers when the manager is created instead of on first use."
+    )
+    model_cache_dir: Path = _field(
+        Path.home() / ".cache" / "agentic", "MODEL_CACHE_DIR",
+        "Where the embedded model is assembled and converted models are cached.",
+    )
+    cuda_visible_devices: str | None = _field(
+        None, "CUDA_VISIBLE_DEVICES", "Which GPUs CUDA may use; passed through to CUDA."
+    )
+    ggml_cuda_force_cublas: str | None = _field(
+        None, "GGML_CUDA_FORCE_CUBLAS", "Force cuBLAS in llama.cpp's CUDA backend; passed through."
+    )
+
+    openai_api_key: SecretStr | None = _field(
+        None, "OPENAI_API_KEY", "API key; required for api.openai.com, optional for a local server."
+    )
+    openai_heavy_model: str = _field("gpt-4", "OPENAI_HEAVY_MODEL", "Model for complex analysis.")
+    openai_light_model: str = _field("gpt-3.5-turbo", "OPENAI_LIGHT_MODEL", "Model for simpler tasks.")
+    openai_base_url: str | None = _field(
+        None, "OPENAI_BASE_URL", "Any OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1."
+    )
+    openai_organization: str | None = _field(None, "OPENAI_ORGANIZATION", "Organization id, for org accounts.")
+    openai_timeout: float = _field(60.0, "OPENAI_TIMEOUT", "Seconds before a request times out.", gt=0)
+    openai_max_retries: int = _field(
+        2, "OPENAI_MAX_RETRIES", "Retries with backoff on 429, 5xx and connection errors.", ge=0, le=20
+    )
+
+    gpu_heavy_model: str | None = _field(
+        None, "GPU_HEAVY_MODEL",
+        "Hub id, local directory or .gguf file of the heavy model. Unset: the embedded Gemma 3 270M.",
+    )
+    gpu_light_model: str | None = _field(
+        None, "GPU_LIGHT_MODEL", "Hub id, local directory or .gguf file of the light model."
+    )
+    gpu_max_memory: float = _field(8.0, "GPU_MAX_MEMORY", "Max GPU memory per device in GB.", gt=0)
+    gpu_torch_dtype: TorchDtype = _field(
+        "float16", "GPU_TORCH_DTYPE", "Weights dtype on the GPU: float16, bfloat16 or float32."
+    )
+
+    @field_validator("openai_api_key", "openai_base_url", "openai_organization",
+                     "gpu_heavy_model", "gpu_light_model", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """An empty `OPENAI_API_KEY=` line in .env means "not set", not an empty key."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable that sets `field`."""
+        alias = cls.model_fields[field].validation_alias
+        assert isinstance(alias, AliasChoices)
+        return str(alias.choices[0])
+
+    @property
+    def threads(self) -> int:
+        """Effective llama.cpp thread count."""
+        return self.model_n_threads or physical_cores()
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read settings from the environment and `env_file`; raise ConfigError on a bad value."""
+    try:
+        settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc)) from None
+    object.__setattr__(settings, "_env_file_path", env_file)
+    return settings
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad setting: the variable, the value and the valid choices."""
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        name = Settings.env_name(field) if field in Settings.model_fields else field
+        description = Settings.model_fields[field].description if field in Settings.model_fields else ""
+        value = error.get("input")
+        shown = "<hidden>" if field in SECRET_FIELDS else repr(value)
+        expected = error.get("ctx", {}).get("expected")
+        reason = f"expected {expected}" if expected else error["msg"][0].lower() + error["msg"][1:]
+        lines.append(f"{name}={shown} is not valid: {reason}. {description}")
+    return "Invalid setting: " + " | ".join(lines)
+
+
+def setting_sources(settings: Settings) -> dict[str, SettingSource]:
+    """Where each effective value came from: argument, environment, .env or default."""
+    env_file = getattr(settings, "_env_file_path", ".env")
+    dotenv_keys: set[str] = set()
+    if env_file and Path(env_file).is_file():
+        dotenv_keys = {key.upper() for key, value in dotenv_values(env_file).items() if value is not None}
+    environment = {key.upper() for key in os.environ}
+    sources: dict[str, SettingSource] = {}
+    for field in Settings.model_fields:
+        name = Settings.env_name(field)
+        if field in settings.model_fields_set and name not in environment and name not in dotenv_keys:
+            sources[field] = "argument"
+        elif name in environment:
+            sources[field] = "environment"
+        elif name in dotenv_keys:
+            sources[field] = ".env"
+        else:
+            sources[field] = "default"
+    return sources
+
+
+def apply_gpu_environment(settings: Settings) -> None:
+    """Pass CUDA_VISIBLE_DEVICES / GGML_CUDA_FORCE_CUBLAS from `.env` on to CUDA and ggml."""
+    for field in ("cuda_visible_devices", "ggml_cuda_force_cublas"):
+        value = getattr(settings, field)
+        if value is not None:
+            os.environ.setdefault(Settings.env_name(field), value)

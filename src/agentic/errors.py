@@ -1,0 +1,148 @@
+"""One small error hierarchy: each error says how to fix it and carries its HTTP status and OpenAI type."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgenticError",
+    "BackendNotInstalledError",
+    "ConfigError",
+    "ContextLengthExceededError",
+    "InvalidAPIKeyError",
+    "InvalidRequestError",
+    "ModelFileNotFoundError",
+    "ModelLoadError",
+    "ModelNotAvailableError",
+    "ModelNotFoundError",
+    "OpenAIKeyMissingError",
+    "OutOfMemoryError",
+    "RateLimitError",
+    "UpstreamConnectionError",
+    "UpstreamError",
+    "UpstreamTimeoutError",
+]
+
+
+class AgenticError(Exception):
+    """Base of every error agentic raises on purpose; the message says what to do."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+    param: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if param is not None:
+            self.param = param
+
+    def to_openai(self) -> dict[str, dict[str, str | None]]:
+        """The OpenAI error envelope."""
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+class ConfigError(AgenticError, ValueError):
+    """A setting is missing or has a bad value."""
+
+    error_type = "configuration_error"
+    code = "invalid_configuration"
+
+
+class OpenAIKeyMissingError(ConfigError):
+    """The OpenAI backend needs OPENAI_API_KEY for api.openai.com."""
+
+    code = "missing_api_key"
+    param = "OPENAI_API_KEY"
+
+
+class BackendNotInstalledError(AgenticError, ImportError):
+    """The Python package a backend needs is not installed."""
+
+    error_type = "configuration_error"
+    code = "backend_not_installed"
+
+
+class ModelFileNotFoundError(ConfigError, FileNotFoundError):
+    """A model path the user set does not exist."""
+
+    code = "model_file_not_found"
+
+
+class ModelNotAvailableError(ConfigError):
+    """A transformers model is neither local nor downloadable."""
+
+    code = "model_not_available"
+
+
+class ModelLoadError(AgenticError):
+    """The model file exists but the backend could not load it."""
+
+    code = "model_load_failed"
+
+
+class InvalidRequestError(AgenticError, ValueError):
+    """A generation argument is out of range."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    """The prompt does not fit the context window; nothing is truncated silently."""
+
+    code = "context_length_exceeded"
+    param = "messages"
+
+
+class ModelNotFoundError(AgenticError):
+    """The requested model does not exist on the backend."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+    param = "model"
+
+
+class InvalidAPIKeyError(AgenticError):
+    """The upstream API rejected the configured key (HTTP 401)."""
+
+    status_code = 502
+    error_type = "upstream_authentication_error"
+    code = "invalid_api_key"
+
+
+class RateLimitError(AgenticError):
+    """The upstream kept answering 429 after every retry."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(AgenticError):
+    """The upstream server failed (5xx, bad answer) after every retry."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamConnectionError(UpstreamError):
+    """The upstream server could not be reached or cut the connection."""
+
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream server did not answer within OPENAI_TIMEOUT."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class OutOfMemoryError(AgenticError):
+    """The device ran out of memory; the message lists the settings that lower its use."""
+
+    status_code = 503
+    code = "out_of_memory"

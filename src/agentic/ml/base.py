@@ -1,0 +1,319 @@
+"""The contract every backend implements, and the OpenAI-shaped results they all return.
+
+A backend supplies a `Model` subclass with two methods: `_complete(prompt, params)` and
+`_chat(messages, params)`, each yielding `Delta`s. Everything else - argument checks, the
+completion / chat.completion dicts (llama-cpp-python's shapes), streaming chunks, usage - lives
+here once, so every backend answers in exactly the same shape.
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..config import Settings, load_settings
+from ..errors import ContextLengthExceededError, InvalidRequestError
+from .shapes import ResultShape
+
+__all__ = [
+    "BaseModelManager",
+    "Delta",
+    "GenerationParams",
+    "Message",
+    "Model",
+    "ModelSpec",
+    "StopMatcher",
+    "TokenTextStream",
+    "check_context",
+]
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Validated sampling arguments shared by every backend."""
+
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        max_tokens: int | None,
+        temperature: float,
+        top_p: float,
+        stop: str | Sequence[str] | None,
+        seed: int | None,
+        **extra: Any,
+    ) -> GenerationParams:
+        """Check every argument and say which one is wrong and how to fix it."""
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            raise InvalidRequestError(
+                f"max_tokens={max_tokens!r} is not valid: use a whole number >= 1 (or None for the rest "
+                "of the context).", param="max_tokens")
+        if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+            raise InvalidRequestError(
+                f"temperature={temperature!r} is not valid: use a number from 0 (greedy) to 2.",
+                param="temperature")
+        if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+            raise InvalidRequestError(
+                f"top_p={top_p!r} is not valid: use a number greater than 0 and at most 1.", param="top_p")
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise InvalidRequestError(
+                f"stop={stop!r} is not valid: use a non-empty string or a list of them.", param="stop")
+        if seed is not None and not isinstance(seed, int):
+            raise InvalidRequestError(f"seed={seed!r} is not valid: use a whole number.", param="seed")
+        return cls(max_tokens, float(temperature), float(top_p), stops, seed, extra)
+
+
+@dataclass
+class Delta:
+    """A piece of generated text; the last one of a generation carries finish_reason and usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def check_context(prompt_tokens: int, context_size: int, what: str = "prompt") -> None:
+    """Refuse a prompt that leaves no room to generate: never truncate it silently."""
+    if prompt_tokens >= context_size:
+        raise ContextLengthExceededError(
+            f"This model's context window is {context_size} tokens, but the {what} is {prompt_tokens} "
+            "tokens, leaving no room for the answer. Shorten the prompt or raise MODEL_CONTEXT_SIZE.",
+            param="prompt" if what == "prompt" else "messages")
+
+
+class StopMatcher:
+    """Finds stop sequences in streamed text, holding back a tail that may be the start of one."""
+
+    def __init__(self, stops: Iterable[str]) -> None:
+        self.stops = tuple(stops)
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return (text safe to emit, whether a stop sequence was reached)."""
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        keep = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(self.pending)), keep, -1):
+                if self.pending.endswith(stop[:size]):
+                    keep = size
+                    break
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        """Text held back when generation ended without a stop sequence."""
+        out, self.pending = self.pending, ""
+        return out
+
+
+class TokenTextStream:
+    """Turns generated token ids into text deltas: UTF-8 safe, stop sequences, finish reasons."""
+
+    def __init__(
+        self,
+        detokenize: Callable[[int], bytes],
+        is_end: Callable[[int], bool],
+        params: GenerationParams,
+        prompt_tokens: int,
+        room: int,
+    ) -> None:
+        self.detokenize = detokenize
+        self.is_end = is_end
+        self.limit = min(params.max_tokens or room, room)
+        self.prompt_tokens = prompt_tokens
+        self.stop = StopMatcher(params.stop)
+
+    def run(self, tokens: Iterator[int]) -> Iterator[Delta]:
+        """Consume `tokens` until a stop, the end token or the token limit; then close it."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        count, finish = 0, "length"
+        try:
+            for token in tokens:
+                if self.is_end(token):
+                    finish = "stop"
+                    break
+                count += 1
+                text, stopped = self.stop.feed(decoder.decode(self.detokenize(token)))
+                if text:
+                    yield Delta(text)
+                if stopped:
+                    finish = "stop"
+                    break
+                if count >= self.limit:
+                    break
+        finally:
+            close = getattr(tokens, "close", None)
+            if close is not None:
+                close()
+        tail = "" if finish == "stop" and not self.stop.pending else self.stop.flush() + decoder.decode(b"", True)
+        yield Delta(tail, finish, self.prompt_tokens, count)
+
+
+class Model(ABC):
+    """One loaded model of any backend, called like llama-cpp-python's `Llama`."""
+
+    backend: ClassVar[str] = ""
+
+    def __init__(self, name: str, context_size: int) -> None:
+        self.name = name
+        self.context_size = context_size
+        self._busy = threading.Lock()
+
+    @abstractmethod
+    def _complete(self, prompt: str, params: GenerationParams) -> Iterator[Delta]:
+        """Generate a continuation of `prompt`."""
+
+    @abstractmethod
+    def _chat(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
+        """Generate the assistant's reply to `messages`."""
+
+    def __call__(self, prompt: str, **kwargs: Any) -> Any:
+        """`model(prompt=..., max_tokens=..., temperature=...)`, as in the guide."""
+        return self.create_completion(prompt, **kwargs)
+
+    def create_completion(
+        self,
+        prompt: str,
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        **extra: Any,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """A `text_completion` dict, or an iterator of chunks when `stream=True`."""
+        if not isinstance(prompt, str):
+            raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}.", param="prompt")
+        params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, **extra)
+        deltas = self._serialized(self._complete(prompt, params))
+        shape = ResultShape("cmpl", "text_completion", self.name)
+        return shape.stream(deltas, chat=False) if stream else shape.collect(deltas, chat=False)
+
+    def create_chat_completion(
+        self,
+        messages: list[Message],
+        max_tokens: int | None = None,
+        temperature: float = 0.2,
+        top_p: float = 0.95,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        **extra: Any,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """A `chat.completion` dict, or an iterator of `chat.completion.chunk` dicts when `stream=True`."""
+        _check_messages(messages)
+        params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, **extra)
+        deltas = self._serialized(self._chat(list(messages), params))
+        shape = ResultShape("chatcmpl", "chat.completion", self.name)
+        return shape.stream(deltas, chat=True) if stream else shape.collect(deltas, chat=True)
+
+    def _serialized(self, deltas: Iterator[Delta]) -> Iterator[Delta]:
+        """Run one generation at a time on this model, even for callers that skip the lock.
+
+        The first delta is computed before returning, so a bad prompt (too long, say) raises at the
+        call, not in the middle of a caller's stream loop.
+        """
+
+        def guarded() -> Iterator[Delta]:
+            with self._busy:
+                yield from deltas
+
+        stream = guarded()
+        first = next(stream)
+        return itertools.chain([first], stream)
+
+    def close(self) -> None:
+        """Free the model's memory; the default has nothing to free."""
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("messages must be a non-empty list of {'role', 'content'} dicts.",
+                                  param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in {"system", "user", "assistant", "tool"}:
+            raise InvalidRequestError(
+                f"messages[{index}] is not valid: each message needs a role of system, user, assistant or "
+                "tool and a content string.", param=f"messages[{index}]")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a tier resolves to; tiers with the same `key` share one loaded model."""
+
+    key: str
+    name: str
+    origin: str
+
+
+class BaseModelManager(ABC):
+    """Serves the heavy and light tiers of one backend: `model, lock = manager.get(heavy=True)`."""
+
+    backend: ClassVar[str] = ""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self.specs = {"heavy": self._resolve(heavy=True), "light": self._resolve(heavy=False)}
+        self._models: dict[str, tuple[Model, threading.RLock]] = {}
+        self._loading = threading.Lock()
+        if self.settings.model_preload:
+            self.load_all()
+
+    @abstractmethod
+    def _resolve(self, heavy: bool) -> ModelSpec:
+        """Which model a tier uses; raise the guide's error when it cannot exist."""
+
+    @abstractmethod
+    def _load(self, spec: ModelSpec) -> Model:
+        """Load the model `spec` names."""
+
+    def get(self, heavy: bool = True) -> tuple[Model, threading.RLock]:
+        """The tier's model and the lock to hold while calling it, loading it on first use."""
+        spec = self.specs["heavy" if heavy else "light"]
+        with self._loading:
+            if spec.key not in self._models:
+                self._models[spec.key] = (self._load(spec), threading.RLock())
+            return self._models[spec.key]
+
+    def load_all(self) -> None:
+        """Load both tiers now (MODEL_PRELOAD=true does this at creation)."""
+        self.get(heavy=True)
+        self.get(heavy=False)
+
+    def is_loaded(self, heavy: bool = True) -> bool:
+        """Whether the tier's model is in memory."""
+        return self.specs["heavy" if heavy else "light"].key in self._models
+
+    def close(self) -> None:
+        """Free every loaded model."""
+        with self._loading:
+            for model, _ in self._models.values():
+                model.close()
+            self._models.clear()
+
+    def __enter__(self) -> BaseModelManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,145 @@
+"""llama.cpp backend (llama-cpp-python): local GGUF models, split files included.
+
+Heavy tier = MODEL_7B_PATH, light tier = MODEL_1B_PATH. When neither is set and the guide's default
+paths do not exist, the embedded Gemma 3 270M serves both tiers (loaded once, shared).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings, apply_gpu_environment, setting_sources
+from ..errors import BackendNotInstalledError, ModelFileNotFoundError, ModelLoadError
+from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
+from .chat_templates import ChatTemplate, fallback_template
+from .default_model import embedded_model_path
+
+__all__ = ["LlamaCppModel", "ModelManager", "resolve_gguf_path"]
+
+_log = logging.getLogger(__name__)
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise BackendNotInstalledError(
+            "llama_cpp module not found: the llama_cpp backend needs llama-cpp-python. "
+            "Install it with: pip install llama-cpp-python"
+        ) from None
+    return llama_cpp
+
+
+def resolve_gguf_path(settings: Settings, field: str) -> ModelSpec:
+    """The GGUF file a tier uses: the configured path, or the embedded model when none is set."""
+    path: Path = getattr(settings, field)
+    variable = Settings.env_name(field)
+    if path.is_file():
+        return ModelSpec(str(path.resolve()), path.name, variable)
+    if setting_sources(settings)[field] != "default":
+        raise ModelFileNotFoundError(
+            f"Model file not found: {variable}={path} does not exist"
+            f" (looked in {path.expanduser().absolute()}). Check paths exist:\n  ls {path.parent}/\n"
+            f"Fix {variable} in .env, or unset it to use the embedded default model.",
+            param=variable,
+        )
+    embedded = embedded_model_path(settings.model_cache_dir)
+    _log.info("%s is not set and %s does not exist: using the embedded default model %s", variable, path, embedded)
+    return ModelSpec(str(embedded), embedded.name, "embedded default")
+
+
+class LlamaCppModel(Model):
+    """One GGUF model loaded by llama.cpp."""
+
+    backend = "llama_cpp"
+
+    def __init__(self, path: Path, settings: Settings) -> None:
+        llama_cpp = _import_llama_cpp()
+        self._llama_cpp = llama_cpp
+        gpu_layers = settings.model_gpu_layers
+        if gpu_layers != 0 and not llama_cpp.llama_supports_gpu_offload():
+            _log.info("MODEL_GPU_LAYERS=%s ignored: this llama-cpp-python build has no GPU support "
+                      "(reinstall with CMAKE_ARGS=\"-DGGML_CUDA=on\" to use the GPU)", gpu_layers)
+            gpu_layers = 0
+        try:
+            self.llama = llama_cpp.Llama(
+                model_path=str(path), n_ctx=settings.model_context_size, n_threads=settings.threads,
+                n_threads_batch=settings.threads, n_gpu_layers=gpu_layers, verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"llama.cpp could not load {path}: {exc}. If memory ran out, reduce MODEL_GPU_LAYERS "
+                "(e.g. MODEL_GPU_LAYERS=20 instead of 30) or MODEL_CONTEXT_SIZE (e.g. 2048); if the file "
+                "is damaged or not GGUF, download it again."
+            ) from None
+        super().__init__(path.name, self.llama.n_ctx())
+        self.gpu_layers = gpu_layers
+        self.template = self._chat_template()
+
+    @property
+    def threads(self) -> int:
+        """Threads the loaded context really uses."""
+        return int(self.llama.context_params.n_threads)
+
+    def _chat_template(self) -> ChatTemplate:
+        model = self.llama._model
+        bos = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
+        eos = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
+        source = self.llama.metadata.get("tokenizer.chat_template")
+        if source:
+            return ChatTemplate(source, bos, eos, (), self.name)
+        architecture = self.llama.metadata.get("general.architecture", "")
+        template = fallback_template(architecture, bos, eos)
+        _log.info("%s has no chat template: using the %s format", self.name, template.name)
+        return template
+
+    def _complete(self, prompt: str, params: GenerationParams) -> Iterator[Delta]:
+        tokens = self.llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        return self._generate(tokens, params, "prompt")
+
+    def _chat(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
+        text = self.template.render(messages)
+        has_bos = bool(self.template.bos_token) and text.startswith(self.template.bos_token)
+        tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
+        return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages")
+
+    def _generate(self, tokens: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:
+        check_context(len(tokens), self.context_size, what)
+        self.llama.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
+        generated = self.llama.generate(
+            tokens, top_k=40, top_p=params.top_p, min_p=0.05, temp=params.temperature, repeat_penalty=1.0
+        )
+        vocab = self.llama._model.vocab
+        stream = TokenTextStream(
+            detokenize=lambda token: self.llama.detokenize([token]),
+            is_end=lambda token: bool(self._llama_cpp.llama_vocab_is_eog(vocab, token)),
+            params=params, prompt_tokens=len(tokens), room=self.context_size - len(tokens),
+        )
+        return stream.run(generated)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes as a prompt (BOS included)."""
+        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def close(self) -> None:
+        """Free the weights and the context."""
+        self.llama.close()
+
+
+class ModelManager(BaseModelManager):
+    """llama.cpp models: heavy = MODEL_7B_PATH, light = MODEL_1B_PATH; thread-safe through the lock."""
+
+    backend = "llama_cpp"
+
+    def _resolve(self, heavy: bool) -> ModelSpec:
+        return resolve_gguf_path(self.settings, "model_7b_path" if heavy else "model_1b_path")
+
+    def _load(self, spec: ModelSpec) -> Model:
+        apply_gpu_environment(self.settings)
+        _log.info("Loading %s (%s) with llama.cpp", spec.key, spec.origin)
+        return LlamaCppModel(Path(spec.key), self.settings)

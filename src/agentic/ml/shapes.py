@@ -1,0 +1,67 @@
+"""llama-cpp-python's result shapes: completion and chat.completion dicts and their stream chunks."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .base import Delta
+
+__all__ = ["ResultShape"]
+
+
+@dataclass
+class ResultShape:
+    """Builds llama-cpp-python's completion / chat.completion dicts and their stream chunks."""
+
+    prefix: str
+    object: str
+    model: str
+    id: str = ""
+    created: int = 0
+
+    def __post_init__(self) -> None:
+        self.id = f"{self.prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _head(self, object_name: str) -> dict[str, Any]:
+        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model}
+
+    def collect(self, deltas: Iterator[Delta], chat: bool) -> dict[str, Any]:
+        parts: list[str] = []
+        last = None
+        for delta in deltas:
+            parts.append(delta.text)
+            last = delta
+        text = "".join(parts)
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": last.finish_reason if last else None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        return {**self._head(self.object), "choices": [choice], "usage": _usage(last)}
+
+    def stream(self, deltas: Iterator[Delta], chat: bool) -> Iterator[dict[str, Any]]:
+        object_name = "chat.completion.chunk" if chat else "text_completion"
+        if chat:
+            yield {**self._head(object_name),
+                   "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}]}
+        for delta in deltas:
+            if delta.text or delta.finish_reason:
+                body = {"content": delta.text} if delta.text else {}
+                choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": delta.finish_reason}
+                choice.update({"delta": body} if chat else {"text": delta.text})
+                chunk = {**self._head(object_name), "choices": [choice]}
+                if delta.finish_reason is not None:
+                    chunk["usage"] = _usage(delta)
+                yield chunk
+
+
+def _usage(delta: Delta | None) -> dict[str, int]:
+    prompt = delta.prompt_tokens or 0 if delta else 0
+    completion = delta.completion_tokens or 0 if delta else 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
