@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 __all__ = [
     "BACKENDS",
+    "SECRET_FIELDS",
     "DEFAULT_MODEL_1B_PATH",
     "DEFAULT_MODEL_7B_PATH",
     "Settings",
@@ -35,7 +36,7 @@ SettingSource = Literal["default", ".env", "environment", "argument"]
 
 DEFAULT_MODEL_7B_PATH = Path("models/qwen-7b/qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf")
 DEFAULT_MODEL_1B_PATH = Path("models/qwen-1.5b/model.gguf")
-SECRET_FIELDS = frozenset({"openai_api_key", "api_keys", "admin_key"})
+SECRET_FIELDS = frozenset({"openai_api_key"})
 
 
 def physical_cores() -> int:
@@ -170,15 +171,17 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
 def _describe_validation_error(exc: ValidationError) -> str:
     """One line per bad setting: the variable, the value and the valid choices."""
     lines = []
+    by_env = {Settings.env_name(field).upper(): field for field in Settings.model_fields}
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "?"
-        name = Settings.env_name(field) if field in Settings.model_fields else field
-        description = Settings.model_fields[field].description if field in Settings.model_fields else ""
-        value = error.get("input")
-        shown = "<hidden>" if field in SECRET_FIELDS else repr(value)
+        where = str(error["loc"][0]) if error["loc"] else "?"
+        field = by_env.get(where.upper(), where)
+        known = field in Settings.model_fields
+        name = Settings.env_name(field) if known else where
+        description = Settings.model_fields[field].description if known else ""
+        shown = "<hidden>" if field in SECRET_FIELDS else repr(error.get("input"))
         expected = error.get("ctx", {}).get("expected")
         reason = f"expected {expected}" if expected else error["msg"][0].lower() + error["msg"][1:]
-        lines.append(f"{name}={shown} is not valid: {reason}. {description}")
+        lines.append(f"{name}={shown} is not valid: {reason}. {description}".rstrip())
     return "Invalid setting: " + " | ".join(lines)
 
 

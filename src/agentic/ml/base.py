@@ -271,6 +271,7 @@ class BaseModelManager(ABC):
     """Serves the heavy and light tiers of one backend: `model, lock = manager.get(heavy=True)`."""
 
     backend: ClassVar[str] = ""
+    key_setting: ClassVar[str | None] = None  # the secret this backend needs, shown as SET / NOT SET
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else load_settings()
@@ -279,6 +280,11 @@ class BaseModelManager(ABC):
         self._loading = threading.Lock()
         if self.settings.model_preload:
             self.load_all()
+
+    @classmethod
+    @abstractmethod
+    def tier_labels(cls, settings: Settings) -> tuple[str, str]:
+        """What the heavy and light tiers use, for `agentic config`; loads and assembles nothing."""
 
     @abstractmethod
     def _resolve(self, heavy: bool) -> ModelSpec:

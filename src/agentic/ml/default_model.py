@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ..errors import BackendNotInstalledError
 
-__all__ = ["EMBEDDED_MODEL_NAME", "embedded_model_path"]
+__all__ = ["EMBEDDED_LABEL", "embedded_model_path"]
 
-EMBEDDED_MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
+EMBEDDED_LABEL = "embedded default (Gemma 3 270M Q4_K_M)"
 _log = logging.getLogger(__name__)
 _assembling = threading.Lock()
 

@@ -17,7 +17,7 @@ from ..config import Settings, apply_gpu_environment, setting_sources
 from ..errors import BackendNotInstalledError, ModelFileNotFoundError, ModelLoadError
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
 from .chat_templates import ChatTemplate, fallback_template
-from .default_model import embedded_model_path
+from .default_model import EMBEDDED_LABEL, embedded_model_path
 
 __all__ = ["LlamaCppModel", "ModelManager", "resolve_gguf_path"]
 
@@ -135,6 +135,16 @@ class ModelManager(BaseModelManager):
     """llama.cpp models: heavy = MODEL_7B_PATH, light = MODEL_1B_PATH; thread-safe through the lock."""
 
     backend = "llama_cpp"
+
+    @classmethod
+    def tier_labels(cls, settings: Settings) -> tuple[str, str]:
+        """The configured GGUF paths, or the embedded model where none is set."""
+        sources = setting_sources(settings)
+        labels = []
+        for field in ("model_7b_path", "model_1b_path"):
+            path = getattr(settings, field)
+            labels.append(EMBEDDED_LABEL if sources[field] == "default" and not path.is_file() else str(path))
+        return labels[0], labels[1]
 
     def _resolve(self, heavy: bool) -> ModelSpec:
         return resolve_gguf_path(self.settings, "model_7b_path" if heavy else "model_1b_path")

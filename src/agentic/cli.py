@@ -1,0 +1,97 @@
+"""The `agentic` command: `agentic config`, `agentic generate "..."`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .config import load_settings
+from .errors import AgenticError
+from .ml.model_factory import create_model_manager, describe_configuration
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Run the same LLM code on llama.cpp (default), the OpenAI API or transformers. "
+    "Settings come from .env and the environment; see `agentic config`.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+T = TypeVar("T")
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Run a command; an agentic error becomes one clear message and exit code 2, never a traceback."""
+    try:
+        return action()
+    except AgenticError as exc:
+        typer.secho(f"Error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="agentic: %(message)s",
+                        stream=sys.stderr)
+
+
+@app.command()
+def config() -> None:
+    """Show the backend, both tiers' models and every effective setting with its source."""
+    settings = _run(load_settings)
+    typer.echo("\n".join(describe_configuration(settings)))
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The prompt to complete (or the user message with --chat).")],
+    light: Annotated[bool, typer.Option("--light", help="Use the light tier instead of the heavy one.")] = False,
+    chat: Annotated[bool, typer.Option("--chat", help="Send the prompt as a chat message.")] = False,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 128,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy.")] = 0.7,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No log lines, just the text.")] = False,
+) -> None:
+    """Generate text with the configured backend, streaming it as it comes."""
+    _setup_logging(quiet)
+
+    def stream() -> dict[str, Any]:
+        manager = create_model_manager(load_settings())
+        model, lock = manager.get(heavy=not light)
+        started = time.perf_counter()
+        with lock:
+            if chat:
+                chunks: Iterator[dict[str, Any]] = model.create_chat_completion(
+                    messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                    temperature=temperature, seed=seed, stream=True)
+            else:
+                chunks = model(prompt=prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, stream=True)
+            last: dict[str, Any] = {}
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                typer.echo(choice.get("text") or choice.get("delta", {}).get("content") or "", nl=False)
+                last = chunk
+        typer.echo()
+        usage = last.get("usage", {})
+        elapsed = time.perf_counter() - started
+        if not quiet:
+            typer.echo(f"[{model.backend} {model.name}: {usage.get('prompt_tokens', 0)} prompt + "
+                       f"{usage.get('completion_tokens', 0)} completion tokens in {elapsed:.2f}s, "
+                       f"finish_reason={last['choices'][0]['finish_reason']}]", err=True)
+        manager.close()
+        return usage
+
+    _run(stream)
+
+
+def main() -> None:
+    """Entry point of the `agentic` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""create_model_manager(): the backend registry. `python -m src.agentic.ml.model_factory` shows the config.
+
+Adding a backend is one module with a BaseModelManager subclass and one line in BACKEND_REGISTRY.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from ..config import SECRET_FIELDS, Settings, load_settings, setting_sources
+from ..errors import AgenticError
+from .base import BaseModelManager
+
+__all__ = ["BACKEND_REGISTRY", "create_model_manager", "describe_configuration", "manager_class"]
+
+# backend name -> "module:class", imported only when chosen so unused backends need not be installed
+BACKEND_REGISTRY: dict[str, str] = {
+    "llama_cpp": "model_manager:ModelManager",
+    "openai": "openai_model_manager:OpenAIModelManager",
+    "transformers_gpu": "gpu_model_manager:GPUModelManager",
+}
+
+
+def manager_class(backend: str) -> type[BaseModelManager]:
+    """The manager class registered for `backend`."""
+    module_name, class_name = BACKEND_REGISTRY[backend].split(":")
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    cls: type[BaseModelManager] = getattr(module, class_name)
+    return cls
+
+
+def create_model_manager(settings: Settings | None = None) -> BaseModelManager:
+    """The manager for MODEL_BACKEND (from `.env` / the environment unless `settings` is given)."""
+    settings = settings if settings is not None else load_settings()
+    return manager_class(settings.model_backend)(settings)
+
+
+def describe_configuration(settings: Settings) -> list[str]:
+    """The guide's monitoring lines, then every effective setting and where it came from."""
+    cls = manager_class(settings.model_backend)
+    heavy, light = cls.tier_labels(settings)
+    lines = [f"Model Backend: {settings.model_backend}"]
+    if cls.key_setting is not None:
+        lines.append(f"API Key: {'SET' if getattr(settings, cls.key_setting) else 'NOT SET'}")
+    lines += [f"Heavy Model: {heavy}", f"Light Model: {light}", "", "Effective settings (value  [source]):"]
+    sources = setting_sources(settings)
+    width = max(len(Settings.env_name(field)) for field in Settings.model_fields)
+    for field in Settings.model_fields:
+        value = getattr(settings, field)
+        if field in SECRET_FIELDS:
+            shown = "SET" if value else "NOT SET"
+        else:
+            shown = "(auto: %d physical cores)" % settings.threads if field == "model_n_threads" and not value else value
+        lines.append(f"  {Settings.env_name(field):<{width}}  {'' if shown is None else shown}  [{sources[field]}]")
+    return lines
+
+
+def main() -> int:
+    """Print the configuration; a bad setting prints its one-line error instead."""
+    try:
+        settings = load_settings()
+    except AgenticError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(describe_configuration(settings)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""OpenAI backend: the OpenAI API or any OpenAI-compatible server, through the official SDK.
+
+Prompt-style calls (`model(prompt=...)`) become one user message, so chat-only models such as
+gpt-4 and gpt-4o answer them; the result is returned in completion shape like every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from ..config import Settings, load_settings
+from ..errors import (
+    AgenticError,
+    BackendNotInstalledError,
+    ContextLengthExceededError,
+    InvalidAPIKeyError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OpenAIKeyMissingError,
+    RateLimitError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec
+
+__all__ = ["OpenAIChatModel", "OpenAIModelManager"]
+
+_log = logging.getLogger(__name__)
+OFFICIAL_API = "https://api.openai.com/v1"
+INVALID_KEY_HELP = (
+    "Invalid API key: {url} rejected OPENAI_API_KEY (HTTP 401). Check:\n"
+    "1. Key is correctly copied from https://platform.openai.com/api-keys\n"
+    "2. Key hasn't been revoked\n"
+    "3. Organization is set correctly (if using org account): OPENAI_ORGANIZATION"
+)
+
+
+def _import_openai() -> Any:
+    try:
+        import openai
+    except ImportError:
+        raise BackendNotInstalledError(
+            "openai module not found: MODEL_BACKEND=openai needs the OpenAI SDK. Solution: pip install openai"
+        ) from None
+    return openai
+
+
+class OpenAIChatModel(Model):
+    """One model name on an OpenAI-compatible server."""
+
+    backend = "openai"
+    key_setting = "openai_api_key"
+
+    @classmethod
+    def tier_labels(cls, settings: Settings) -> tuple[str, str]:
+        """OPENAI_HEAVY_MODEL and OPENAI_LIGHT_MODEL."""
+        return settings.openai_heavy_model, settings.openai_light_model
+
+    def __init__(self, client: Any, name: str, settings: Settings) -> None:
+        super().__init__(name, settings.model_context_size)
+        self.client = client
+        self._openai = _import_openai()
+        self._secret = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        self._url = settings.openai_base_url or OFFICIAL_API
+
+    def _complete(self, prompt: str, params: GenerationParams) -> Iterator[Delta]:
+        return self._chat([{"role": "user", "content": prompt}], params)
+
+    def _chat(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
+        request: dict[str, Any] = {
+            "model": self.name, "messages": messages, "temperature": params.temperature, "top_p": params.top_p,
+            "stream": True, "stream_options": {"include_usage": True},
+        }
+        if params.max_tokens is not None:
+            request["max_tokens"] = params.max_tokens
+        if params.stop:
+            request["stop"] = list(params.stop)
+        if params.seed is not None:
+            request["seed"] = params.seed
+        request.update(params.extra)
+        try:
+            stream = self.client.chat.completions.create(**request)
+        except self._openai.APIError as exc:
+            raise self._translate(exc) from None
+        return self._read(stream)
+
+    def _read(self, stream: Any) -> Iterator[Delta]:
+        """Turn the SDK's chunks into deltas; usage comes from the server, or is counted."""
+        finish, usage, pieces = None, None, 0
+        try:
+            with stream:
+                for chunk in stream:
+                    usage = chunk.usage or usage
+                    for choice in chunk.choices[:1]:
+                        finish = choice.finish_reason or finish
+                        if choice.delta and choice.delta.content:
+                            pieces += 1
+                            yield Delta(choice.delta.content)
+        except self._openai.APIError as exc:
+            raise self._translate(exc) from None
+        except Exception as exc:  # httpx errors when the connection is cut mid-stream
+            if type(exc).__module__.split(".")[0] not in {"httpx", "httpcore"}:
+                raise
+            raise UpstreamConnectionError(f"{self._url} cut the stream off mid-answer ({type(exc).__name__}); "
+                                          "the answer is incomplete. Retry the request.") from None
+        if finish is None:
+            raise UpstreamConnectionError(f"{self._url} ended the stream without a finish_reason; "
+                                          "the answer is incomplete. Retry the request.")
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else pieces
+        yield Delta("", finish, prompt_tokens, completion_tokens)
+
+    def _translate(self, exc: Exception) -> AgenticError:
+        """Map the SDK's exception types to ours; the key never appears in the message."""
+        openai = self._openai
+        status = getattr(exc, "status_code", None)
+        detail = self._redact(str(getattr(exc, "message", exc)))
+        if isinstance(exc, openai.AuthenticationError):
+            return InvalidAPIKeyError(INVALID_KEY_HELP.format(url=self._url))
+        if isinstance(exc, openai.RateLimitError):
+            return RateLimitError(f"{self._url} kept answering 429 (rate limit) after OPENAI_MAX_RETRIES retries "
+                                  f"with backoff: {detail}. Wait and retry, or raise your quota.")
+        if isinstance(exc, openai.APITimeoutError):
+            return UpstreamTimeoutError(f"{self._url} did not answer within OPENAI_TIMEOUT seconds. "
+                                        "Raise OPENAI_TIMEOUT or retry later.")
+        if isinstance(exc, openai.APIConnectionError):
+            return UpstreamConnectionError(f"Could not reach {self._url}: {detail}. Check OPENAI_BASE_URL "
+                                           "and your network.")
+        if isinstance(exc, openai.NotFoundError):
+            return ModelNotFoundError(f"{self._url} has no model {self.name!r}: {detail}. Check "
+                                      "OPENAI_HEAVY_MODEL / OPENAI_LIGHT_MODEL.")
+        if isinstance(exc, openai.BadRequestError):
+            if getattr(exc, "code", None) == "context_length_exceeded":
+                return ContextLengthExceededError(f"{self.name}: {detail}")
+            return InvalidRequestError(f"{self._url} refused the request: {detail}")
+        return UpstreamError(f"{self._url} failed (HTTP {status}) after OPENAI_MAX_RETRIES retries: {detail}")
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+
+class OpenAIModelManager(BaseModelManager):
+    """OpenAI models: heavy = OPENAI_HEAVY_MODEL, light = OPENAI_LIGHT_MODEL; same interface as ModelManager."""
+
+    backend = "openai"
+    key_setting = "openai_api_key"
+
+    @classmethod
+    def tier_labels(cls, settings: Settings) -> tuple[str, str]:
+        """OPENAI_HEAVY_MODEL and OPENAI_LIGHT_MODEL."""
+        return settings.openai_heavy_model, settings.openai_light_model
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        settings = settings if settings is not None else load_settings()
+        openai = _import_openai()
+        if settings.openai_api_key is None and settings.openai_base_url is None:
+            raise OpenAIKeyMissingError(
+                "OPENAI_API_KEY not provided: MODEL_BACKEND=openai needs a key for api.openai.com. "
+                "Solution: add to .env\nOPENAI_API_KEY=sk-your-key-here\n"
+                "(or set OPENAI_BASE_URL to an OpenAI-compatible server that needs no key)"
+            )
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
+        self._client = openai.OpenAI(
+            api_key=key, base_url=settings.openai_base_url, organization=settings.openai_organization,
+            timeout=settings.openai_timeout, max_retries=settings.openai_max_retries,
+        )
+        super().__init__(settings)
+
+    def _resolve(self, heavy: bool) -> ModelSpec:
+        name = self.settings.openai_heavy_model if heavy else self.settings.openai_light_model
+        return ModelSpec(name, name, "OPENAI_HEAVY_MODEL" if heavy else "OPENAI_LIGHT_MODEL")
+
+    def _load(self, spec: ModelSpec) -> Model:
+        return OpenAIChatModel(self._client, spec.name, self.settings)
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        super().close()
+        self._client.close()
