@@ -74,6 +74,9 @@ class TransformersModel(Model):
         self.template = self._chat_template()
         ends = model.generation_config.eos_token_id
         self.end_tokens = set(ends if isinstance(ends, list) else [ends]) | {tokenizer.eos_token_id}
+        # A turn end such as Gemma's <end_of_turn> is one special token that decoding hides: stop on its id.
+        vocab = tokenizer.get_vocab()
+        self.end_tokens |= {vocab[stop] for stop in self.template.stop if stop in vocab}
 
     def _chat_template(self) -> ChatTemplate:
         bos, eos = self.tokenizer.bos_token or "", self.tokenizer.eos_token or ""

@@ -110,6 +110,9 @@ class LlamaCppModel(Model):
 
     def _generate(self, tokens: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:
         check_context(len(tokens), self.context_size, what)
+        if params.seed is not None:
+            # Reusing a cached prompt prefix changes the logits in the last bits; a seed promises the same text.
+            self.llama.reset()
         self.llama.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
         generated = self.llama.generate(
             tokens, top_k=40, top_p=params.top_p, min_p=0.05, temp=params.temperature, repeat_penalty=1.0

@@ -1,0 +1,87 @@
+"""Shared fixtures: a clean environment per test, the real Gemma GGUF, real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agentic.config import Settings, load_settings
+from agentic.ml.default_model import embedded_model_path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SETTING_PREFIXES = ("MODEL_", "OPENAI_", "GPU_", "API_")
+# One cache for the whole run (and across runs): the embedded model and its transformers conversion.
+CACHE_DIR = Path(os.environ.get("AGENTIC_TEST_CACHE", Path.home() / ".cache" / "agentic"))
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's .env or MODEL_* / OPENAI_* / GPU_* variables."""
+    for name in list(os.environ):
+        if name.upper().startswith(SETTING_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(CACHE_DIR))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+
+
+def make_settings(**overrides: object) -> Settings:
+    """Settings for a test: no .env, small context, the shared cache."""
+    values: dict[str, object] = {"model_context_size": 2048, "model_cache_dir": CACHE_DIR}
+    values.update(overrides)
+    return load_settings(env_file=None, **values)
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """The embedded Gemma 3 270M GGUF, assembled once."""
+    return embedded_model_path(CACHE_DIR)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    """Poll `url` until it answers 200; fail with the server's output if it dies or never answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            raise RuntimeError(f"server exited with {process.returncode}:\n{output[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def llama_server(gemma_path: Path) -> Iterator[str]:
+    """The peer `python -m llama_cpp.server` on the Gemma file; yields its /v1 base URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gemma_path), "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "gemma"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v1/models", process)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
