@@ -52,12 +52,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120.0) -> None:
     """Poll `url` until it answers 200; fail with the server's output if it dies or never answers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            output = log.read_text(errors="replace")
             raise RuntimeError(f"server exited with {process.returncode}:\n{output[-3000:]}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
@@ -70,14 +70,16 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 1
 
 
 @pytest.fixture(scope="session")
-def llama_server(gemma_path: Path) -> Iterator[str]:
+def llama_server(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The peer `python -m llama_cpp.server` on the Gemma file; yields its /v1 base URL."""
     port = free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gemma_path), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "gemma"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path_factory.mktemp("llama_server") / "server.log"
+    with log.open("wb") as output:  # a file, not a pipe: a full pipe would block the server
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/v1/models", process)
+        wait_for_http(f"http://127.0.0.1:{port}/v1/models", process, log)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         process.terminate()

@@ -16,6 +16,7 @@ from agentic.ml.base import GenerationParams, StopMatcher, TokenTextStream, chec
         ({"top_p": 0.0}, "top_p"),
         ({"stop": [""]}, "stop"),
         ({"seed": "x"}, "seed"),
+        ({"repeat_penalty": 1.1}, "repeat_penalty"),
     ],
 )
 def test_bad_generation_argument_is_named(kwargs: dict[str, object], param: str) -> None:
@@ -24,7 +25,7 @@ def test_bad_generation_argument_is_named(kwargs: dict[str, object], param: str)
     with pytest.raises(InvalidRequestError) as caught:
         GenerationParams.build(**values)  # type: ignore[arg-type]
     assert caught.value.param == param
-    assert caught.value.message.startswith(f"{param}=")
+    assert param in caught.value.message
 
 
 def test_stop_matcher_holds_back_partial_stop_then_cuts() -> None:

@@ -13,7 +13,7 @@ import itertools
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..config import Settings, load_settings
@@ -44,7 +44,7 @@ class GenerationParams:
     top_p: float
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
 
     @classmethod
     def build(
@@ -54,9 +54,14 @@ class GenerationParams:
         top_p: float,
         stop: str | Sequence[str] | None,
         seed: int | None,
+        stream: bool = False,
         **extra: Any,
     ) -> GenerationParams:
         """Check every argument and say which one is wrong and how to fix it."""
+        if extra:
+            raise InvalidRequestError(
+                f"Unsupported argument(s): {', '.join(sorted(extra))}. Every backend takes max_tokens, temperature, "
+                "top_p, stop, seed and stream.", param=sorted(extra)[0])
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise InvalidRequestError(
                 f"max_tokens={max_tokens!r} is not valid: use a whole number >= 1 (or None for the rest "
@@ -74,7 +79,7 @@ class GenerationParams:
                 f"stop={stop!r} is not valid: use a non-empty string or a list of them.", param="stop")
         if seed is not None and not isinstance(seed, int):
             raise InvalidRequestError(f"seed={seed!r} is not valid: use a whole number.", param="seed")
-        return cls(max_tokens, float(temperature), float(top_p), stops, seed, extra)
+        return cls(max_tokens, float(temperature), float(top_p), stops, seed, bool(stream))
 
 
 @dataclass
@@ -205,7 +210,7 @@ class Model(ABC):
         """A `text_completion` dict, or an iterator of chunks when `stream=True`."""
         if not isinstance(prompt, str):
             raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}.", param="prompt")
-        params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, **extra)
+        params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, stream, **extra)
         deltas = self._serialized(self._complete(prompt, params))
         shape = ResultShape("cmpl", "text_completion", self.name)
         return shape.stream(deltas, chat=False) if stream else shape.collect(deltas, chat=False)
@@ -223,7 +228,7 @@ class Model(ABC):
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """A `chat.completion` dict, or an iterator of `chat.completion.chunk` dicts when `stream=True`."""
         _check_messages(messages)
-        params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, **extra)
+        params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, stream, **extra)
         deltas = self._serialized(self._chat(list(messages), params))
         shape = ResultShape("chatcmpl", "chat.completion", self.name)
         return shape.stream(deltas, chat=True) if stream else shape.collect(deltas, chat=True)

@@ -72,20 +72,28 @@ class OpenAIChatModel(Model):
     def _chat(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
         request: dict[str, Any] = {
             "model": self.name, "messages": messages, "temperature": params.temperature, "top_p": params.top_p,
-            "stream": True, "stream_options": {"include_usage": True},
+            "stream": params.stream,
         }
+        if params.stream:
+            request["stream_options"] = {"include_usage": True}
         if params.max_tokens is not None:
             request["max_tokens"] = params.max_tokens
         if params.stop:
             request["stop"] = list(params.stop)
         if params.seed is not None:
             request["seed"] = params.seed
-        request.update(params.extra)
         try:
-            stream = self.client.chat.completions.create(**request)
+            answer = self.client.chat.completions.create(**request)
         except self._openai.APIError as exc:
             raise self._translate(exc) from None
-        return self._read(stream)
+        return self._read(answer) if params.stream else self._whole(answer)
+
+    def _whole(self, answer: Any) -> Iterator[Delta]:
+        """A non-streamed answer: one delta with the server's own usage counts."""
+        choice = answer.choices[0]
+        usage = answer.usage
+        yield Delta(choice.message.content or "", choice.finish_reason or "stop",
+                    usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
 
     def _read(self, stream: Any) -> Iterator[Delta]:
         """Turn the SDK's chunks into deltas; usage comes from the server, or is counted."""
@@ -99,13 +107,11 @@ class OpenAIChatModel(Model):
                         if choice.delta and choice.delta.content:
                             pieces += 1
                             yield Delta(choice.delta.content)
-        except self._openai.APIError as exc:
-            raise self._translate(exc) from None
-        except Exception as exc:  # httpx errors when the connection is cut mid-stream
-            if type(exc).__module__.split(".")[0] not in {"httpx", "httpcore"}:
-                raise
+        except (self._openai.APIConnectionError, self._openai.APIResponseValidationError) as exc:
             raise UpstreamConnectionError(f"{self._url} cut the stream off mid-answer ({type(exc).__name__}); "
                                           "the answer is incomplete. Retry the request.") from None
+        except self._openai.APIError as exc:
+            raise self._translate(exc) from None
         if finish is None:
             raise UpstreamConnectionError(f"{self._url} ended the stream without a finish_reason; "
                                           "the answer is incomplete. Retry the request.")
