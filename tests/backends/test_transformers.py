@@ -1,0 +1,83 @@
+"""Transformers backend on the real Gemma GGUF weights, on the CPU when there is no CUDA."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentic.errors import ContextLengthExceededError, ModelNotAvailableError
+from agentic.ml.gpu_model_manager import GPUModelManager, TransformersModel
+from agentic.ml.model_manager import ModelManager
+from conftest import make_settings
+
+
+@pytest.fixture(scope="module")
+def manager() -> Iterator[GPUModelManager]:
+    with GPUModelManager(make_settings(model_backend="transformers_gpu")) as manager:
+        yield manager
+
+
+def test_cpu_fallback_float32_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    caplog.set_level(logging.INFO, logger="agentic")
+    manager = GPUModelManager(make_settings(model_backend="transformers_gpu", gpu_torch_dtype="bfloat16"))
+    model, _ = manager.get(heavy=True)
+    assert isinstance(model, TransformersModel)
+    assert str(model.device) == "cpu" and model.model.dtype == torch.float32
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "runs gemma-3-270m-q4_k_m.gguf on the CPU in float32" in warnings[0]
+    assert "GPU_TORCH_DTYPE=bfloat16" in warnings[0]
+    manager.close()
+
+
+def test_greedy_text_agrees_with_llama_cpp(manager: GPUModelManager, gemma_path: Path) -> None:
+    model, lock = manager.get(heavy=True)
+    with lock:
+        ours = model(prompt="The capital of France is", max_tokens=6, temperature=0)
+    reference = ModelManager(make_settings(model_7b_path=gemma_path)).get(heavy=True)[0]
+    theirs = reference(prompt="The capital of France is", max_tokens=6, temperature=0)
+    # Same weights, same tokenizer: the prompt token count must match exactly, and the greedy text
+    # starts the same (de-quantized float32 vs quantized kernels may part ways later).
+    assert ours["usage"]["prompt_tokens"] == theirs["usage"]["prompt_tokens"]
+    assert ours["choices"][0]["text"].split()[:2] == theirs["choices"][0]["text"].split()[:2]
+
+
+def test_chat_stops_at_end_of_turn_token(manager: GPUModelManager) -> None:
+    model, _ = manager.get(heavy=True)
+    assert isinstance(model, TransformersModel)
+    end_of_turn = model.tokenizer.get_vocab()["<end_of_turn>"]
+    assert end_of_turn in model.end_tokens
+
+
+def test_prompt_over_context_is_refused() -> None:
+    manager = GPUModelManager(make_settings(model_backend="transformers_gpu", model_context_size=64))
+    model, _ = manager.get(heavy=True)
+    with pytest.raises(ContextLengthExceededError) as caught:
+        model(prompt="word " * 200, max_tokens=4)
+    assert "context window is 64 tokens" in caught.value.message
+    manager.close()
+
+
+def test_hub_id_not_available_offline_names_the_variable() -> None:
+    manager = GPUModelManager(make_settings(model_backend="transformers_gpu",
+                                            gpu_heavy_model="microsoft/DialoGPT-medium"))
+    with pytest.raises(ModelNotAvailableError) as caught:
+        manager.get(heavy=True)
+    message = caught.value.message
+    assert message.startswith("GPU_HEAVY_MODEL='microsoft/DialoGPT-medium' is not available offline")
+    assert "huggingface-cli download microsoft/DialoGPT-medium" in message
+
+
+def test_local_directory_loads(manager: GPUModelManager) -> None:
+    manager.get(heavy=True)  # converts the GGUF into the cache on first use
+    cached = next((manager.settings.model_cache_dir / "transformers").glob("gemma-3-270m-q4_k_m-*"))
+    directory_manager = GPUModelManager(make_settings(model_backend="transformers_gpu", gpu_light_model=str(cached)))
+    model, _ = directory_manager.get(heavy=False)
+    assert model(prompt="Hello", max_tokens=3, temperature=0)["usage"]["completion_tokens"] == 3
+    directory_manager.close()
