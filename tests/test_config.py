@@ -56,9 +56,11 @@ def test_dotenv_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest
 @pytest.mark.parametrize(
     ("variable", "value", "expected"),
     [
-        ("MODEL_BACKEND", "vllm", "MODEL_BACKEND='vllm' is not valid: expected 'llama_cpp', 'openai' or 'transformers_gpu'"),
+        ("MODEL_BACKEND", "vllm",
+         "MODEL_BACKEND='vllm' is not valid: expected 'llama_cpp', 'openai' or 'transformers_gpu'"),
         ("MODEL_GPU_LAYERS", "abc", "MODEL_GPU_LAYERS='abc' is not valid: input should be a valid integer"),
-        ("GPU_TORCH_DTYPE", "float8", "GPU_TORCH_DTYPE='float8' is not valid: expected 'float16', 'bfloat16' or 'float32'"),
+        ("GPU_TORCH_DTYPE", "float8",
+         "GPU_TORCH_DTYPE='float8' is not valid: expected 'float16', 'bfloat16' or 'float32'"),
         ("MODEL_CONTEXT_SIZE", "0", "MODEL_CONTEXT_SIZE='0' is not valid: input should be greater than or equal to 64"),
         ("MODEL_PRELOAD", "maybe", "MODEL_PRELOAD='maybe' is not valid"),
     ],

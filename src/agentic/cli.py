@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
@@ -59,33 +59,41 @@ def generate(
     """Generate text with the configured backend, streaming it as it comes."""
     _setup_logging(quiet)
 
-    def stream() -> dict[str, Any]:
+    def stream() -> None:
         manager = create_model_manager(load_settings())
-        model, lock = manager.get(heavy=not light)
-        started = time.perf_counter()
-        with lock:
-            if chat:
-                chunks: Iterator[dict[str, Any]] = model.create_chat_completion(
-                    messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                    temperature=temperature, seed=seed, stream=True)
-            else:
-                chunks = model(prompt=prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, stream=True)
-            last: dict[str, Any] = {}
-            for chunk in chunks:
-                choice = chunk["choices"][0]
-                typer.echo(choice.get("text") or choice.get("delta", {}).get("content") or "", nl=False)
-                last = chunk
-        typer.echo()
+        try:
+            model, lock = manager.get(heavy=not light)
+            started = time.perf_counter()
+            with lock:
+                if chat:
+                    result = model.create_chat_completion(messages=[{"role": "user", "content": prompt}],
+                                                          max_tokens=max_tokens, temperature=temperature,
+                                                          seed=seed, stream=True)
+                else:
+                    result = model(prompt=prompt, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                   stream=True)
+                last = _echo_chunks(cast(Iterator[dict[str, Any]], result))
+            elapsed = time.perf_counter() - started
+        finally:
+            manager.close()
         usage = last.get("usage", {})
-        elapsed = time.perf_counter() - started
         if not quiet:
             typer.echo(f"[{model.backend} {model.name}: {usage.get('prompt_tokens', 0)} prompt + "
                        f"{usage.get('completion_tokens', 0)} completion tokens in {elapsed:.2f}s, "
                        f"finish_reason={last['choices'][0]['finish_reason']}]", err=True)
-        manager.close()
-        return usage
 
     _run(stream)
+
+
+def _echo_chunks(chunks: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    """Print streamed text as it arrives; return the last chunk (finish_reason, usage)."""
+    last: dict[str, Any] = {}
+    for chunk in chunks:
+        choice = chunk["choices"][0]
+        typer.echo(choice.get("text") or choice.get("delta", {}).get("content") or "", nl=False)
+        last = chunk
+    typer.echo()
+    return last
 
 
 def main() -> None:

@@ -248,7 +248,7 @@ class Model(ABC):
         first = next(stream)
         return itertools.chain([first], stream)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: remote models hold no memory
         """Free the model's memory; the default has nothing to free."""
 
 

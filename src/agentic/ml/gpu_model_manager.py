@@ -163,10 +163,12 @@ class GPUModelManager(BaseModelManager):
         if torch.cuda.is_available():
             options["dtype"] = getattr(torch, self.settings.gpu_torch_dtype)
             options["device_map"] = "auto"
-            options["max_memory"] = {i: f"{self.settings.gpu_max_memory}GiB" for i in range(torch.cuda.device_count())}
+            budget = f"{self.settings.gpu_max_memory}GiB"
+            options["max_memory"] = {index: budget for index in range(torch.cuda.device_count())}
         else:
             _log.warning("No CUDA device: the transformers_gpu backend runs %s on the CPU in float32 "
-                         "(GPU_TORCH_DTYPE=%s and GPU_MAX_MEMORY do not apply)", spec.name, self.settings.gpu_torch_dtype)
+                         "(GPU_TORCH_DTYPE=%s and GPU_MAX_MEMORY do not apply)",
+                         spec.name, self.settings.gpu_torch_dtype)
         _log.info("Loading %s (%s) with transformers", spec.key, spec.origin)
         try:
             directory = self._local_directory(spec, transformers)

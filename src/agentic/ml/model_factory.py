@@ -50,8 +50,10 @@ def describe_configuration(settings: Settings) -> list[str]:
         value = getattr(settings, field)
         if field in SECRET_FIELDS:
             shown = "SET" if value else "NOT SET"
+        elif field == "model_n_threads" and not value:
+            shown = f"(auto: {settings.threads} physical cores)"
         else:
-            shown = "(auto: %d physical cores)" % settings.threads if field == "model_n_threads" and not value else value
+            shown = value
         lines.append(f"  {Settings.env_name(field):<{width}}  {'' if shown is None else shown}  [{sources[field]}]")
     return lines
 
