@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agentic.errors import ContextLengthExceededError, ModelFileNotFoundError
+from agentic.errors import ContextLengthExceededError, ModelFileNotFoundError, ModelLoadError
 from agentic.ml.model_factory import create_model_manager
 from agentic.ml.model_manager import LlamaCppModel, ModelManager
 from conftest import make_settings
@@ -209,3 +209,14 @@ def test_concurrent_threads_with_lock_get_independent_results(manager: ModelMana
     for thread in threads:
         thread.join(timeout=120)
     assert results == expected
+
+
+def test_unloadable_file_gives_out_of_memory_hints(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    manager = ModelManager(make_settings(model_7b_path=broken))
+    with pytest.raises(ModelLoadError) as caught:
+        manager.get(heavy=True)
+    message = caught.value.message
+    assert message.startswith(f"llama.cpp could not load {broken}")
+    assert "MODEL_GPU_LAYERS=20 instead of 30" in message and "MODEL_CONTEXT_SIZE" in message

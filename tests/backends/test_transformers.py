@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agentic.errors import ContextLengthExceededError, ModelNotAvailableError
+from agentic.errors import ContextLengthExceededError, ModelNotAvailableError, OutOfMemoryError
 from agentic.ml.gpu_model_manager import GPUModelManager, TransformersModel
 from agentic.ml.model_manager import ModelManager
 from conftest import make_settings
@@ -81,3 +81,20 @@ def test_local_directory_loads(manager: GPUModelManager) -> None:
     model, _ = directory_manager.get(heavy=False)
     assert model(prompt="Hello", max_tokens=3, temperature=0)["usage"]["completion_tokens"] == 3
     directory_manager.close()
+
+
+def test_cuda_out_of_memory_becomes_error_with_hints(manager: GPUModelManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    model, _ = manager.get(heavy=True)
+    assert isinstance(model, TransformersModel)
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(model, "model", out_of_memory)  # the fault a full GPU raises mid-generation
+    with pytest.raises(OutOfMemoryError) as caught:
+        model(prompt="Hello", max_tokens=4)
+    message = caught.value.message
+    assert message.startswith("CUDA out of memory while generating")
+    assert "MODEL_CONTEXT_SIZE=2048" in message and "MODEL_GPU_LAYERS" in message and "GPU_MAX_MEMORY" in message

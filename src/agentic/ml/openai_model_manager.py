@@ -52,12 +52,6 @@ class OpenAIChatModel(Model):
     """One model name on an OpenAI-compatible server."""
 
     backend = "openai"
-    key_setting = "openai_api_key"
-
-    @classmethod
-    def tier_labels(cls, settings: Settings) -> tuple[str, str]:
-        """OPENAI_HEAVY_MODEL and OPENAI_LIGHT_MODEL."""
-        return settings.openai_heavy_model, settings.openai_light_model
 
     def __init__(self, client: Any, name: str, settings: Settings) -> None:
         super().__init__(name, settings.model_context_size)
