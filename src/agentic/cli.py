@@ -85,6 +85,17 @@ def generate(
     _run(stream)
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (default: API_HOST, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: API_PORT, 8000).")] = None,
+) -> None:
+    """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /metrics)."""
+    from .api.app import serve as serve_api
+
+    _run(lambda: serve_api(load_settings(), host=host, port=port))
+
+
 def _echo_chunks(chunks: Iterator[dict[str, Any]]) -> dict[str, Any]:
     """Print streamed text as it arrives; return the last chunk (finish_reason, usage)."""
     last: dict[str, Any] = {}

@@ -24,6 +24,7 @@ __all__ = [
     "Settings",
     "SettingSource",
     "apply_gpu_environment",
+    "effective_values",
     "load_settings",
     "physical_cores",
     "setting_sources",
@@ -36,7 +37,7 @@ SettingSource = Literal["default", ".env", "environment", "argument"]
 
 DEFAULT_MODEL_7B_PATH = Path("models/qwen-7b/qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf")
 DEFAULT_MODEL_1B_PATH = Path("models/qwen-1.5b/model.gguf")
-SECRET_FIELDS = frozenset({"openai_api_key"})
+SECRET_FIELDS = frozenset({"openai_api_key", "api_keys"})
 
 
 def physical_cores() -> int:
@@ -138,7 +139,29 @@ class Settings(BaseSettings):
         "float16", "GPU_TORCH_DTYPE", "Weights dtype on the GPU: float16, bfloat16 or float32."
     )
 
-    @field_validator("openai_api_key", "openai_base_url", "openai_organization",
+    api_host: str = _field("127.0.0.1", "API_HOST", "Address the API server listens on.")
+    api_port: int = _field(8000, "API_PORT", "Port the API server listens on.", ge=1, le=65535)
+    api_keys: SecretStr | None = _field(
+        None, "API_KEYS", "Comma-separated keys; when set, every /v1 route needs 'Authorization: Bearer <key>'."
+    )
+    api_allow_unauthenticated: bool = _field(
+        False, "API_ALLOW_UNAUTHENTICATED", "Allow listening beyond loopback without API_KEYS (not recommended)."
+    )
+    api_max_queue: int = _field(
+        32, "API_MAX_QUEUE", "Requests that may wait per tier; past it the server answers 503 with Retry-After.",
+        ge=0, le=100_000,
+    )
+    api_remote_concurrency: int = _field(
+        16, "API_REMOTE_CONCURRENCY", "Requests sent at once per tier to a remote (openai) backend.", ge=1, le=1024
+    )
+    api_max_body_bytes: int = _field(
+        4 * 1024 * 1024, "API_MAX_BODY_BYTES", "Largest request body accepted (413 past it).", ge=1024
+    )
+    api_log_prompts: bool = _field(
+        False, "API_LOG_PROMPTS", "Log prompt text with each request (off: only ids, tiers, tokens, latency)."
+    )
+
+    @field_validator("openai_api_key", "openai_base_url", "openai_organization", "api_keys",
                      "gpu_heavy_model", "gpu_light_model", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
@@ -151,6 +174,12 @@ class Settings(BaseSettings):
         alias = cls.model_fields[field].validation_alias
         assert isinstance(alias, AliasChoices)
         return str(alias.choices[0])
+
+    @property
+    def api_key_list(self) -> list[str]:
+        """The server's accepted keys (empty: no auth)."""
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        return [key.strip() for key in raw.split(",") if key.strip()]
 
     @property
     def threads(self) -> int:
@@ -204,6 +233,22 @@ def setting_sources(settings: Settings) -> dict[str, SettingSource]:
         else:
             sources[field] = "default"
     return sources
+
+
+def effective_values(settings: Settings) -> list[tuple[str, str, SettingSource]]:
+    """(variable, value as shown, source) for every setting; secrets only as SET / NOT SET."""
+    sources = setting_sources(settings)
+    rows = []
+    for field in Settings.model_fields:
+        value = getattr(settings, field)
+        if field in SECRET_FIELDS:
+            shown = "SET" if value else "NOT SET"
+        elif field == "model_n_threads" and not value:
+            shown = f"(auto: {settings.threads} physical cores)"
+        else:
+            shown = "" if value is None else str(value)
+        rows.append((Settings.env_name(field), shown, sources[field]))
+    return rows
 
 
 def apply_gpu_environment(settings: Settings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AgenticError",
     "BackendNotInstalledError",
+    "ClientAuthenticationError",
     "ConfigError",
     "ContextLengthExceededError",
     "InvalidAPIKeyError",
@@ -15,7 +16,9 @@ __all__ = [
     "ModelNotFoundError",
     "OpenAIKeyMissingError",
     "OutOfMemoryError",
+    "PayloadTooLargeError",
     "RateLimitError",
+    "ServerBusyError",
     "UpstreamConnectionError",
     "UpstreamError",
     "UpstreamTimeoutError",
@@ -146,3 +149,28 @@ class OutOfMemoryError(AgenticError):
 
     status_code = 503
     code = "out_of_memory"
+
+
+class ServerBusyError(AgenticError):
+    """A tier's queue is full; the client should retry after a pause."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "queue_full"
+    retry_after = 1
+
+
+class ClientAuthenticationError(AgenticError):
+    """A request to our API server without a valid Bearer key."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PayloadTooLargeError(AgenticError):
+    """The request body is larger than API_MAX_BODY_BYTES."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"

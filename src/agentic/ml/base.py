@@ -45,6 +45,17 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     stream: bool = False
+    response_format: dict[str, Any] | None = None
+
+    @property
+    def json_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer must follow: {} for any JSON object, None for free text."""
+        kind = (self.response_format or {}).get("type", "text")
+        if kind == "json_object":
+            return {}
+        if kind == "json_schema":
+            return dict(self.response_format["json_schema"]["schema"])  # type: ignore[index]
+        return None
 
     @classmethod
     def build(
@@ -55,13 +66,14 @@ class GenerationParams:
         stop: str | Sequence[str] | None,
         seed: int | None,
         stream: bool = False,
+        response_format: dict[str, Any] | None = None,
         **extra: Any,
     ) -> GenerationParams:
         """Check every argument and say which one is wrong and how to fix it."""
         if extra:
             raise InvalidRequestError(
                 f"Unsupported argument(s): {', '.join(sorted(extra))}. Every backend takes max_tokens, temperature, "
-                "top_p, stop, seed and stream.", param=sorted(extra)[0])
+                "top_p, stop, seed, stream and response_format.", param=sorted(extra)[0])
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise InvalidRequestError(
                 f"max_tokens={max_tokens!r} is not valid: use a whole number >= 1 (or None for the rest "
@@ -79,7 +91,8 @@ class GenerationParams:
                 f"stop={stop!r} is not valid: use a non-empty string or a list of them.", param="stop")
         if seed is not None and not isinstance(seed, int):
             raise InvalidRequestError(f"seed={seed!r} is not valid: use a whole number.", param="seed")
-        return cls(max_tokens, float(temperature), float(top_p), stops, seed, bool(stream))
+        _check_response_format(response_format)
+        return cls(max_tokens, float(temperature), float(top_p), stops, seed, bool(stream), response_format)
 
 
 @dataclass
@@ -90,6 +103,17 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+
+
+def _check_response_format(response_format: Any) -> None:
+    if response_format is None:
+        return
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    schema = (response_format.get("json_schema") or {}).get("schema") if kind == "json_schema" else {}
+    if kind not in {"text", "json_object", "json_schema"} or not isinstance(schema, dict):
+        raise InvalidRequestError(
+            f"response_format={response_format!r} is not valid: use {{'type': 'text'}}, {{'type': 'json_object'}} "
+            "or {'type': 'json_schema', 'json_schema': {'name': ..., 'schema': {...}}}.", param="response_format")
 
 
 def check_context(prompt_tokens: int, context_size: int, what: str = "prompt") -> None:
@@ -178,10 +202,12 @@ class Model(ABC):
     """One loaded model of any backend, called like llama-cpp-python's `Llama`."""
 
     backend: ClassVar[str] = ""
+    # Whether one object may serve several calls at once (a remote API); local models run one at a time.
+    concurrent: ClassVar[bool] = False
 
     def __init__(self, name: str, context_size: int) -> None:
         self.name = name
-        self.context_size = context_size
+        self.context_size = context_size  # 0 when the backend does not say (a remote API)
         self._busy = threading.Lock()
 
     @abstractmethod
@@ -205,12 +231,13 @@ class Model(ABC):
         stop: str | Sequence[str] | None = None,
         seed: int | None = None,
         stream: bool = False,
+        response_format: dict[str, Any] | None = None,
         **extra: Any,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """A `text_completion` dict, or an iterator of chunks when `stream=True`."""
         if not isinstance(prompt, str):
             raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}.", param="prompt")
-        params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, stream, **extra)
+        params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
         deltas = self._serialized(self._complete(prompt, params))
         shape = ResultShape("cmpl", "text_completion", self.name)
         return shape.stream(deltas, chat=False) if stream else shape.collect(deltas, chat=False)
@@ -224,11 +251,12 @@ class Model(ABC):
         stop: str | Sequence[str] | None = None,
         seed: int | None = None,
         stream: bool = False,
+        response_format: dict[str, Any] | None = None,
         **extra: Any,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """A `chat.completion` dict, or an iterator of `chat.completion.chunk` dicts when `stream=True`."""
         _check_messages(messages)
-        params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, stream, **extra)
+        params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
         deltas = self._serialized(self._chat(list(messages), params))
         shape = ResultShape("chatcmpl", "chat.completion", self.name)
         return shape.stream(deltas, chat=True) if stream else shape.collect(deltas, chat=True)
@@ -241,6 +269,9 @@ class Model(ABC):
         """
 
         def guarded() -> Iterator[Delta]:
+            if self.concurrent:
+                yield from deltas
+                return
             with self._busy:
                 yield from deltas
 
@@ -277,6 +308,7 @@ class BaseModelManager(ABC):
 
     backend: ClassVar[str] = ""
     key_setting: ClassVar[str | None] = None  # the secret this backend needs, shown as SET / NOT SET
+    remote: ClassVar[bool] = False  # True: requests go to a server that runs many at once
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else load_settings()
@@ -311,6 +343,10 @@ class BaseModelManager(ABC):
         """Load both tiers now (MODEL_PRELOAD=true does this at creation)."""
         self.get(heavy=True)
         self.get(heavy=False)
+
+    def problem(self) -> str | None:
+        """Why the backend cannot serve right now (None: it can); for readiness checks."""
+        return None
 
     def is_loaded(self, heavy: bool = True) -> bool:
         """Whether the tier's model is in memory."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings, apply_gpu_environment
-from ..errors import BackendNotInstalledError, ModelNotAvailableError, OutOfMemoryError
+from ..errors import BackendNotInstalledError, InvalidRequestError, ModelNotAvailableError, OutOfMemoryError
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
 from .chat_templates import ChatTemplate, fallback_template
 from .default_model import EMBEDDED_LABEL, embedded_model_path
@@ -94,6 +94,10 @@ class TransformersModel(Model):
         return self._generate(ids, replace(params, stop=params.stop + self.template.stop), "messages")
 
     def _generate(self, ids: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:
+        if params.json_schema is not None:
+            raise InvalidRequestError("response_format json_object / json_schema is not supported on the "
+                                      "transformers_gpu backend yet; use llama_cpp or openai for structured output.",
+                                      param="response_format")
         check_context(len(ids), self.context_size, what)
         stream = TokenTextStream(
             detokenize=_IncrementalText(self.tokenizer), is_end=self.end_tokens.__contains__,

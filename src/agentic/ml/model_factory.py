@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ..config import SECRET_FIELDS, Settings, load_settings, setting_sources
+from ..config import Settings, effective_values, load_settings
 from ..errors import AgenticError
 from .base import BaseModelManager
 
@@ -44,17 +44,9 @@ def describe_configuration(settings: Settings) -> list[str]:
     if cls.key_setting is not None:
         lines.append(f"API Key: {'SET' if getattr(settings, cls.key_setting) else 'NOT SET'}")
     lines += [f"Heavy Model: {heavy}", f"Light Model: {light}", "", "Effective settings (value  [source]):"]
-    sources = setting_sources(settings)
-    width = max(len(Settings.env_name(field)) for field in Settings.model_fields)
-    for field in Settings.model_fields:
-        value = getattr(settings, field)
-        if field in SECRET_FIELDS:
-            shown = "SET" if value else "NOT SET"
-        elif field == "model_n_threads" and not value:
-            shown = f"(auto: {settings.threads} physical cores)"
-        else:
-            shown = value
-        lines.append(f"  {Settings.env_name(field):<{width}}  {'' if shown is None else shown}  [{sources[field]}]")
+    rows = effective_values(settings)
+    width = max(len(name) for name, _, _ in rows)
+    lines += [f"  {name:<{width}}  {shown}  [{source}]" for name, shown, source in rows]
     return lines
 
 

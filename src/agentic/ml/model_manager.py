@@ -6,6 +6,7 @@ paths do not exist, the embedded Gemma 3 270M serves both tiers (loaded once, sh
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings, apply_gpu_environment, setting_sources
-from ..errors import BackendNotInstalledError, ModelFileNotFoundError, ModelLoadError
+from ..errors import BackendNotInstalledError, InvalidRequestError, ModelFileNotFoundError, ModelLoadError
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
 from .chat_templates import ChatTemplate, fallback_template
 from .default_model import EMBEDDED_LABEL, embedded_model_path
@@ -115,7 +116,8 @@ class LlamaCppModel(Model):
             self.llama.reset()
         self.llama.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
         generated = self.llama.generate(
-            tokens, top_k=40, top_p=params.top_p, min_p=0.05, temp=params.temperature, repeat_penalty=1.0
+            tokens, top_k=40, top_p=params.top_p, min_p=0.05, temp=params.temperature, repeat_penalty=1.0,
+            grammar=self._grammar(params),
         )
         vocab = self.llama._model.vocab
         stream = TokenTextStream(
@@ -124,6 +126,20 @@ class LlamaCppModel(Model):
             params=params, prompt_tokens=len(tokens), room=self.context_size - len(tokens),
         )
         return stream.run(generated)
+
+    def _grammar(self, params: GenerationParams) -> Any:
+        """llama.cpp's grammar for response_format: any JSON object, or JSON following a schema."""
+        schema = params.json_schema
+        if schema is None:
+            return None
+        grammar_module = self._llama_cpp.llama_grammar
+        try:
+            if not schema:
+                return grammar_module.LlamaGrammar.from_string(grammar_module.JSON_GBNF, verbose=False)
+            return grammar_module.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise InvalidRequestError(f"response_format's JSON schema cannot be enforced by llama.cpp: {exc}",
+                                      param="response_format") from None
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes as a prompt (BOS included)."""

@@ -52,9 +52,10 @@ class OpenAIChatModel(Model):
     """One model name on an OpenAI-compatible server."""
 
     backend = "openai"
+    concurrent = True  # the SDK client is thread-safe and the server takes parallel requests
 
     def __init__(self, client: Any, name: str, settings: Settings) -> None:
-        super().__init__(name, settings.model_context_size)
+        super().__init__(name, 0)
         self.client = client
         self._openai = _import_openai()
         self._secret = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
@@ -76,10 +77,12 @@ class OpenAIChatModel(Model):
             request["stop"] = list(params.stop)
         if params.seed is not None:
             request["seed"] = params.seed
+        if params.response_format is not None:
+            request["response_format"] = params.response_format
         try:
             answer = self.client.chat.completions.create(**request)
         except self._openai.APIError as exc:
-            raise self._translate(exc) from None
+            raise self.translate(exc) from None
         return self._read(answer) if params.stream else self._whole(answer)
 
     def _whole(self, answer: Any) -> Iterator[Delta]:
@@ -105,7 +108,7 @@ class OpenAIChatModel(Model):
             raise UpstreamConnectionError(f"{self._url} cut the stream off mid-answer ({type(exc).__name__}); "
                                           "the answer is incomplete. Retry the request.") from None
         except self._openai.APIError as exc:
-            raise self._translate(exc) from None
+            raise self.translate(exc) from None
         if finish is None:
             raise UpstreamConnectionError(f"{self._url} ended the stream without a finish_reason; "
                                           "the answer is incomplete. Retry the request.")
@@ -113,7 +116,7 @@ class OpenAIChatModel(Model):
         completion_tokens = usage.completion_tokens if usage else pieces
         yield Delta("", finish, prompt_tokens, completion_tokens)
 
-    def _translate(self, exc: Exception) -> AgenticError:
+    def translate(self, exc: Exception) -> AgenticError:
         """Map the SDK's exception types to ours; the key never appears in the message."""
         openai = self._openai
         status = getattr(exc, "status_code", None)
@@ -147,6 +150,7 @@ class OpenAIModelManager(BaseModelManager):
 
     backend = "openai"
     key_setting = "openai_api_key"
+    remote = True
 
     @classmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:
@@ -175,6 +179,16 @@ class OpenAIModelManager(BaseModelManager):
 
     def _load(self, spec: ModelSpec) -> Model:
         return OpenAIChatModel(self._client, spec.name, self.settings)
+
+    def problem(self) -> str | None:
+        """Whether the server answers and accepts the key (models.list, 5 s, no retries)."""
+        model, _ = self.get(heavy=True)  # a remote model costs nothing to "load"
+        assert isinstance(model, OpenAIChatModel)
+        try:
+            self._client.with_options(timeout=5, max_retries=0).models.list()
+        except model._openai.APIError as exc:
+            return model.translate(exc).message
+        return None
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

@@ -1,0 +1,310 @@
+"""The OpenAI-compatible API: `create_app(settings)`; `python src/agentic/api/app.py` serves it.
+
+Any OpenAI client, SDK or tool works unchanged against it, on whichever backend MODEL_BACKEND names.
+Inference runs in worker threads behind a bounded queue per model, so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script, as the guide does: python src/agentic/api/app.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    import agentic.api  # noqa: F401 - the parent package of the relative imports below
+
+    __package__ = "agentic.api"
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..config import Settings, effective_values, load_settings
+from ..errors import AgenticError, InvalidRequestError, ModelNotFoundError, ServerBusyError
+from ..ml.base import BaseModelManager, Model
+from ..ml.model_factory import create_model_manager
+from .metrics import Metrics
+from .runtime import ModelGate, iterate_in_thread
+from .schemas import ChatCompletionRequest, CompletionRequest
+from .security import BodyLimit, check_bearer, check_bind_address
+
+__all__ = ["ServerState", "create_app", "main", "serve"]
+
+_log = logging.getLogger("agentic.api")
+TIERS = ("heavy", "light")
+ModelCall = Callable[[Model, bool], Any]
+
+
+class ServerState:
+    """What one app instance holds: settings, the manager, one gate per loaded model, metrics."""
+
+    def __init__(self, settings: Settings, manager: BaseModelManager) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.metrics = Metrics()
+        self.keys = settings.api_key_list
+        capacity = settings.api_remote_concurrency if manager.remote else 1
+        gates: dict[str, ModelGate] = {}
+        for tier in TIERS:
+            spec = manager.specs[tier]
+            gates.setdefault(spec.key, ModelGate(tier, capacity, settings.api_max_queue))
+        self.gates = {tier: gates[manager.specs[tier].key] for tier in TIERS}
+
+    def tier_of(self, model_id: str) -> str:
+        """`heavy`, `light`, or a tier's real model name; anything else is a 404, never another model."""
+        if model_id in TIERS:
+            return model_id
+        for tier in TIERS:
+            if self.manager.specs[tier].name == model_id:
+                return tier
+        names = sorted({*TIERS, *(self.manager.specs[tier].name for tier in TIERS)})
+        raise ModelNotFoundError(f"The model {model_id!r} does not exist here. Use one of: {', '.join(names)} "
+                                 "(GET /v1/models lists them).")
+
+    async def model(self, tier: str) -> Model:
+        """The tier's model, loaded in a worker thread on first use."""
+        model, _ = await asyncio.to_thread(self.manager.get, tier == "heavy")
+        return model
+
+    def labels(self, tier: str) -> dict[str, str]:
+        return {"tier": tier, "backend": self.manager.backend}
+
+
+def _check_max_tokens(model: Model, max_tokens: int | None) -> None:
+    if max_tokens is not None and model.context_size and max_tokens > model.context_size:
+        raise InvalidRequestError(
+            f"max_tokens={max_tokens} is larger than the model's context window of {model.context_size} tokens. "
+            "Lower max_tokens (or raise MODEL_CONTEXT_SIZE).", param="max_tokens")
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: int | None, stream: bool,
+                  include_usage: bool, call: ModelCall) -> Response:
+    """Run one request on its tier: queue, thread, metrics, the request log line."""
+    tier = state.tier_of(model_id)
+    gate, labels = state.gates[tier], state.labels(tier)
+    started, request_id = time.perf_counter(), uuid.uuid4().hex[:12]
+    slot = gate.slot()
+    await slot.__aenter__()
+    streaming = False
+    try:
+        model = await state.model(tier)
+        _check_max_tokens(model, max_tokens)
+        if not stream:
+            result = await asyncio.to_thread(call, model, False)
+            _record(state, labels, endpoint, 200, result.get("usage"), started, request_id, started)
+            return JSONResponse(result, headers={"x-request-id": request_id})
+        chunks = iterate_in_thread(lambda: call(model, True))
+        first = await chunks.__anext__()  # a bad prompt fails here, as a proper HTTP error
+        streaming = True
+    except AgenticError as exc:
+        state.metrics.errors.labels(**labels, code=exc.code or exc.error_type).inc()
+        _record(state, labels, endpoint, exc.status_code, None, started, request_id, started)
+        raise
+    finally:
+        if not streaming:
+            await slot.__aexit__(None, None, None)
+    return StreamingResponse(_stream_events(state, endpoint, labels, first, chunks, slot, include_usage, started,
+                                            request_id), media_type="text/event-stream",
+                             headers={"x-request-id": request_id, "cache-control": "no-cache"})
+
+
+async def _stream_events(state: ServerState, endpoint: str, labels: dict[str, str], first: dict[str, Any],
+                         chunks: AsyncIterator[dict[str, Any]], slot: Any, include_usage: bool, started: float,
+                         request_id: str) -> AsyncIterator[str]:
+    """SSE: the chunks, a usage chunk when asked, `[DONE]`; an error mid-stream becomes an error event."""
+    first_token_at, usage, status = time.perf_counter(), None, 200
+    try:
+        chunk: dict[str, Any] | None = first
+        while chunk is not None:
+            usage = chunk.pop("usage", usage)
+            yield _sse(chunk)
+            chunk = await chunks.__anext__() if chunk["choices"][0]["finish_reason"] is None else None
+        if include_usage:
+            yield _sse({**{k: first[k] for k in ("id", "object", "created", "model")}, "choices": [], "usage": usage})
+        yield _sse("[DONE]")
+    except AgenticError as exc:
+        status = exc.status_code
+        state.metrics.errors.labels(**labels, code=exc.code or exc.error_type).inc()
+        yield _sse(exc.to_openai())
+    except (asyncio.CancelledError, GeneratorExit):
+        status = 499  # the client went away: its generation was stopped and its slot freed
+        raise
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        await slot.__aexit__(None, None, None)
+        _record(state, labels, endpoint, status, usage, started, request_id, first_token_at)
+
+
+def _record(state: ServerState, labels: dict[str, str], endpoint: str, status: int, usage: dict[str, int] | None,
+            started: float, request_id: str, first_token_at: float) -> None:
+    metrics, elapsed = state.metrics, time.perf_counter() - started
+    metrics.requests.labels(**labels, endpoint=endpoint, status=str(status)).inc()
+    metrics.latency.labels(**labels).observe(elapsed)
+    metrics.time_to_first_token.labels(**labels).observe(first_token_at - started)
+    usage = usage or {}
+    metrics.prompt_tokens.labels(**labels).inc(usage.get("prompt_tokens", 0))
+    metrics.completion_tokens.labels(**labels).inc(usage.get("completion_tokens", 0))
+    _log.info("request id=%s endpoint=%s tier=%s backend=%s status=%s prompt_tokens=%s completion_tokens=%s "
+              "latency_ms=%.0f", request_id, endpoint, labels["tier"], labels["backend"], status,
+              usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), elapsed * 1000)
+
+
+def _error_response(exc: AgenticError) -> JSONResponse:
+    headers = {"retry-after": str(exc.retry_after)} if isinstance(exc, ServerBusyError) else None
+    return JSONResponse(exc.to_openai(), status_code=exc.status_code, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's envelope; never a traceback to the client."""
+
+    @app.exception_handler(AgenticError)
+    async def agentic_error(request: Request, exc: AgenticError) -> JSONResponse:
+        _log.info("request error path=%s status=%s code=%s", request.url.path, exc.status_code, exc.code)
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
+        if error["type"] == "json_invalid":
+            message, where = "The request body is not valid JSON.", "body"
+        else:
+            message = f"Invalid value for '{where}': {error['msg']}."
+        return _error_response(InvalidRequestError(message, param=where))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = AgenticError(f"{exc.detail}: {request.method} {request.url.path}")
+        error.status_code, error.error_type, error.code = exc.status_code, "invalid_request_error", None
+        return _error_response(error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        _log.exception("unexpected error on %s", request.url.path)
+        return _error_response(AgenticError(f"Internal error ({type(exc).__name__}); see the server log."))
+
+
+def create_app(settings: Settings | None = None, manager: BaseModelManager | None = None) -> FastAPI:
+    """The FastAPI app over the configured backend (models load now when MODEL_PRELOAD=true)."""
+    settings = settings if settings is not None else load_settings()
+    state = ServerState(settings, manager if manager is not None else create_model_manager(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        workers = sum(gate.capacity for gate in set(state.gates.values())) + 4
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, "agentic-model"))
+        yield
+        state.manager.close()
+
+    app = FastAPI(title="agentic", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible API over llama.cpp, the OpenAI API or transformers.")
+    app.state.agentic = state
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
+    _install_error_handlers(app)
+
+    async def require_key(request: Request) -> None:
+        check_bearer(request.headers.get("authorization"), state.keys)
+
+    _add_routes(app, state, Depends(require_key))
+    return app
+
+
+def _add_routes(app: FastAPI, state: ServerState, auth: Any) -> None:
+    @app.post("/v1/chat/completions", dependencies=[auth], summary="Chat completion (stream or not)")
+    async def chat_completions(body: ChatCompletionRequest) -> Response:
+        messages = [message.plain() for message in body.messages]
+        options = {**body.sampling(), "max_tokens": body.max_completion_tokens or body.max_tokens,
+                   "response_format": body.response_format}
+
+        def call(model: Model, stream: bool) -> Any:
+            return model.create_chat_completion(messages=messages, stream=stream, **options)
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await _answer(state, "chat", body.model, options["max_tokens"], body.stream, include_usage, call)
+
+    @app.post("/v1/completions", dependencies=[auth], summary="Text completion (stream or not)")
+    async def completions(body: CompletionRequest) -> Response:
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1 or body.echo:
+            raise InvalidRequestError("Only one prompt per request and echo=false are supported.", param="prompt")
+        options = body.sampling()
+
+        def call(model: Model, stream: bool) -> Any:
+            return model.create_completion(prompts[0], stream=stream, **options)
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await _answer(state, "completions", body.model, body.max_tokens, body.stream, include_usage, call)
+
+    @app.get("/v1/models", dependencies=[auth], summary="The tiers and their real model names")
+    async def models() -> dict[str, Any]:
+        ids = [*TIERS, *dict.fromkeys(state.manager.specs[tier].name for tier in TIERS)]
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0,
+                                            "owned_by": f"agentic-{state.manager.backend}"}
+                                           for model_id in dict.fromkeys(ids)]}
+
+    @app.get("/v1/backend", dependencies=[auth], summary="The effective configuration (secrets as SET/NOT SET)")
+    async def backend() -> dict[str, Any]:
+        return {"backend": state.manager.backend,
+                "tiers": {tier: {"model": state.manager.specs[tier].name, "origin": state.manager.specs[tier].origin,
+                                 "loaded": state.manager.is_loaded(tier == "heavy")} for tier in TIERS},
+                "settings": {name: {"value": shown, "source": source}
+                             for name, shown, source in effective_values(state.settings)}}
+
+    @app.get("/health", summary="Liveness")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Models loaded (with MODEL_PRELOAD) and backend reachable")
+    async def ready() -> JSONResponse:
+        loaded = {tier: state.manager.is_loaded(tier == "heavy") for tier in TIERS}
+        problem = await asyncio.to_thread(state.manager.problem)
+        if problem is None and state.settings.model_preload and not all(loaded.values()):
+            problem = "models are still loading"
+        body = {"status": "ready" if problem is None else "not_ready", "loaded": loaded, "problem": problem}
+        return JSONResponse(body, status_code=200 if problem is None else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        for tier, gate in state.gates.items():
+            state.metrics.queue_depth.labels(**state.labels(tier)).set(gate.waiting)
+            state.metrics.in_flight.labels(**state.labels(tier)).set(gate.running)
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def serve(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
+    """Run the API with uvicorn on API_HOST:API_PORT (or the given host and port)."""
+    import uvicorn
+
+    settings = settings if settings is not None else load_settings()
+    host = host or settings.api_host
+    check_bind_address(host, settings)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=host, port=port or settings.api_port, log_level="info")
+
+
+def main() -> None:
+    """`python src/agentic/api/app.py`: serve, or print one clear error and exit 2."""
+    try:
+        serve()
+    except AgenticError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Prometheus metrics of one app instance (its own registry: no module-level state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160)
+
+
+class Metrics:
+    """Requests, errors, tokens, time to first token, latency, queue depth and in-flight, per tier and backend."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("tier", "backend")
+        self.requests = Counter("agentic_requests_total", "Requests answered", (*labels, "endpoint", "status"),
+                                registry=self.registry)
+        self.errors = Counter("agentic_errors_total", "Requests that ended in an error", (*labels, "code"),
+                              registry=self.registry)
+        self.prompt_tokens = Counter("agentic_prompt_tokens_total", "Prompt tokens processed", labels,
+                                     registry=self.registry)
+        self.completion_tokens = Counter("agentic_completion_tokens_total", "Completion tokens generated", labels,
+                                         registry=self.registry)
+        self.time_to_first_token = Histogram("agentic_time_to_first_token_seconds", "Time to the first token",
+                                             labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.latency = Histogram("agentic_request_latency_seconds", "Whole request latency", labels,
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.queue_depth = Gauge("agentic_queue_depth", "Requests waiting for a model", labels,
+                                 registry=self.registry)
+        self.in_flight = Gauge("agentic_in_flight", "Requests being generated", labels, registry=self.registry)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
