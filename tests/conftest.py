@@ -87,3 +87,23 @@ def llama_server(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def start_agentic_server(tmp_dir: Path, **env: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """Our API started as the guide says (`python src/agentic/api/app.py`); returns (base URL, process)."""
+    port = free_port()
+    environment = {**os.environ, "API_PORT": str(port), "MODEL_N_THREADS": "2", "MODEL_CONTEXT_SIZE": "1024", **env}
+    log = tmp_dir / f"agentic-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen([sys.executable, str(REPO_ROOT / "src" / "agentic" / "api" / "app.py")],
+                                   cwd=tmp_dir, env=environment, stdout=output, stderr=subprocess.STDOUT)
+    wait_for_http(f"http://127.0.0.1:{port}/health", process, log)
+    return f"http://127.0.0.1:{port}", process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -58,7 +58,7 @@ class ServerState:
         gates: dict[str, ModelGate] = {}
         for tier in TIERS:
             spec = manager.specs[tier]
-            gates.setdefault(spec.key, ModelGate(tier, capacity, settings.api_max_queue))
+            gates.setdefault(spec.key, ModelGate(spec.name, capacity, settings.api_max_queue))
         self.gates = {tier: gates[manager.specs[tier].key] for tier in TIERS}
 
     def tier_of(self, model_id: str) -> str:
@@ -98,8 +98,7 @@ async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: 
     tier = state.tier_of(model_id)
     gate, labels = state.gates[tier], state.labels(tier)
     started, request_id = time.perf_counter(), uuid.uuid4().hex[:12]
-    slot = gate.slot()
-    await slot.__aenter__()
+    await gate.acquire()
     streaming = False
     try:
         model = await state.model(tier)
@@ -117,14 +116,14 @@ async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: 
         raise
     finally:
         if not streaming:
-            await slot.__aexit__(None, None, None)
-    return StreamingResponse(_stream_events(state, endpoint, labels, first, chunks, slot, include_usage, started,
+            gate.release()
+    return StreamingResponse(_stream_events(state, endpoint, labels, first, chunks, gate, include_usage, started,
                                             request_id), media_type="text/event-stream",
                              headers={"x-request-id": request_id, "cache-control": "no-cache"})
 
 
 async def _stream_events(state: ServerState, endpoint: str, labels: dict[str, str], first: dict[str, Any],
-                         chunks: AsyncIterator[dict[str, Any]], slot: Any, include_usage: bool, started: float,
+                         chunks: AsyncIterator[dict[str, Any]], gate: ModelGate, include_usage: bool, started: float,
                          request_id: str) -> AsyncIterator[str]:
     """SSE: the chunks, a usage chunk when asked, `[DONE]`; an error mid-stream becomes an error event."""
     first_token_at, usage, status = time.perf_counter(), None, 200
@@ -145,9 +144,11 @@ async def _stream_events(state: ServerState, endpoint: str, labels: dict[str, st
         status = 499  # the client went away: its generation was stopped and its slot freed
         raise
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
-        await slot.__aexit__(None, None, None)
+        # Synchronous bookkeeping first: when the client hangs up, Starlette cancels this task and an
+        # await here would be interrupted, leaking the slot. The worker stops within one token.
+        gate.release()
         _record(state, labels, endpoint, status, usage, started, request_id, first_token_at)
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def _record(state: ServerState, labels: dict[str, str], endpoint: str, status: int, usage: dict[str, int] | None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from ..errors import ServerBusyError
@@ -27,12 +26,11 @@ class ModelGate:
         self.running = 0
         self._slots = asyncio.Semaphore(capacity)
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def acquire(self) -> None:
         """Wait for a free slot, or fail at once with 503 when the queue is full."""
         if self.running >= self.capacity and self.waiting >= self.max_queue:
             raise ServerBusyError(
-                f"The {self.label} tier is busy: {self.running} running and {self.waiting} waiting "
+                f"The model {self.label} is busy: {self.running} running and {self.waiting} waiting "
                 f"(API_MAX_QUEUE={self.max_queue}). Retry after a second.")
         self.waiting += 1
         try:
@@ -40,11 +38,11 @@ class ModelGate:
         finally:
             self.waiting -= 1
         self.running += 1
-        try:
-            yield
-        finally:
-            self.running -= 1
-            self._slots.release()
+
+    def release(self) -> None:
+        """Give the slot back; synchronous, so a cancelled request cannot skip it."""
+        self.running -= 1
+        self._slots.release()
 
 
 async def iterate_in_thread(start: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
@@ -81,5 +79,5 @@ async def iterate_in_thread(start: Callable[[], Iterator[T]]) -> AsyncIterator[T
                 raise item
             yield item
     finally:
-        cancelled.set()
+        cancelled.set()  # first, and without awaiting: this may run while the task is being cancelled
         await asyncio.shield(worker)

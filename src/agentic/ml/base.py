@@ -120,8 +120,9 @@ def check_context(prompt_tokens: int, context_size: int, what: str = "prompt") -
     """Refuse a prompt that leaves no room to generate: never truncate it silently."""
     if prompt_tokens >= context_size:
         raise ContextLengthExceededError(
-            f"This model's context window is {context_size} tokens, but the {what} is {prompt_tokens} "
-            "tokens, leaving no room for the answer. Shorten the prompt or raise MODEL_CONTEXT_SIZE.",
+            f"This model's context window is {context_size} tokens, but the {what} "
+            f"{'is' if what == 'prompt' else 'are'} {prompt_tokens} tokens, leaving no room for the answer. "
+            "Shorten the prompt or raise MODEL_CONTEXT_SIZE.",
             param="prompt" if what == "prompt" else "messages")
 
 
