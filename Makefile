@@ -34,7 +34,7 @@ test: setup-dev
 	$(BIN)/python -m pytest
 
 lint: setup-dev
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
 clean:

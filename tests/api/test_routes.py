@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -168,3 +169,16 @@ async def test_health_ready_and_metrics(client: httpx.AsyncClient) -> None:
     assert 'agentic_completion_tokens_total{backend="llama_cpp",tier="heavy"} 3.0' in text
     assert "agentic_time_to_first_token_seconds_bucket" in text
     assert 'agentic_queue_depth{backend="llama_cpp",tier="heavy"} 0.0' in text
+
+
+async def test_request_log_line_has_no_prompt_unless_asked(manager: BaseModelManager,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agentic.api")
+    for log_prompts in (False, True):
+        app = _app(manager, api_log_prompts=log_prompts)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            await client.post("/v1/completions", json={"model": "heavy", "prompt": "PRIVATE-PROMPT", "max_tokens": 2})
+        lines = [r.getMessage() for r in caplog.records if r.name == "agentic.api"]
+        assert any("endpoint=completions tier=heavy backend=llama_cpp status=200" in line for line in lines)
+        assert any("PRIVATE-PROMPT" in line for line in lines) is log_prompts
+        caplog.clear()

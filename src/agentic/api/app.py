@@ -93,11 +93,13 @@ def _sse(payload: dict[str, Any] | str) -> str:
 
 
 async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: int | None, stream: bool,
-                  include_usage: bool, call: ModelCall) -> Response:
+                  include_usage: bool, call: ModelCall, prompt_text: str) -> Response:
     """Run one request on its tier: queue, thread, metrics, the request log line."""
     tier = state.tier_of(model_id)
     gate, labels = state.gates[tier], state.labels(tier)
     started, request_id = time.perf_counter(), uuid.uuid4().hex[:12]
+    if state.settings.api_log_prompts:
+        _log.info("request id=%s prompt=%r", request_id, prompt_text)
     await gate.acquire()
     streaming = False
     try:
@@ -236,7 +238,8 @@ def _add_routes(app: FastAPI, state: ServerState, auth: Any) -> None:
             return model.create_chat_completion(messages=messages, stream=stream, **options)
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _answer(state, "chat", body.model, options["max_tokens"], body.stream, include_usage, call)
+        return await _answer(state, "chat", body.model, options["max_tokens"], body.stream, include_usage, call,
+                             json.dumps(messages, ensure_ascii=False))
 
     @app.post("/v1/completions", dependencies=[auth], summary="Text completion (stream or not)")
     async def completions(body: CompletionRequest) -> Response:
@@ -249,7 +252,8 @@ def _add_routes(app: FastAPI, state: ServerState, auth: Any) -> None:
             return model.create_completion(prompts[0], stream=stream, **options)
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _answer(state, "completions", body.model, body.max_tokens, body.stream, include_usage, call)
+        return await _answer(state, "completions", body.model, body.max_tokens, body.stream, include_usage, call,
+                             prompts[0])
 
     @app.get("/v1/models", dependencies=[auth], summary="The tiers and their real model names")
     async def models() -> dict[str, Any]:
