@@ -52,3 +52,9 @@ def test_generate_reports_missing_model_file_without_traceback() -> None:
     assert "Model file not found: MODEL_7B_PATH=models/qwen-7b/missing.gguf" in result.output
     assert "ls models/qwen-7b/" in result.output
     assert "Traceback" not in result.output
+
+
+def test_serve_refuses_all_interfaces_without_keys() -> None:
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--port", "1"])
+    assert result.exit_code == 2
+    assert "Refusing to listen on 0.0.0.0 without API_KEYS" in result.output
