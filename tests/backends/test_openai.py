@@ -131,22 +131,20 @@ def test_401_is_invalid_api_key_with_guide_checks_and_no_key(
     assert SECRET not in message and SECRET not in caplog.text
 
 
-def test_429_is_retried_with_backoff_then_clear_error(fault_server: tuple[str, type[FaultHandler]]) -> None:
+@pytest.mark.parametrize(
+    ("mode", "retries", "error", "text"),
+    [("429", 2, RateLimitError, "429"), ("500", 1, UpstreamError, "HTTP 500")],
+)
+def test_retryable_status_is_retried_with_backoff_then_clear_error(
+    fault_server: tuple[str, type[FaultHandler]], mode: str, retries: int, error: type[Exception], text: str
+) -> None:
     url, handler = fault_server
-    handler.mode = "429"
-    with pytest.raises(RateLimitError) as caught:
-        _model(url, retries=2)(prompt="hi", max_tokens=4)
-    assert handler.calls == 3
-    assert "429" in caught.value.message and SECRET not in caught.value.message
-
-
-def test_500_is_retried_then_upstream_error(fault_server: tuple[str, type[FaultHandler]]) -> None:
-    url, handler = fault_server
-    handler.mode = "500"
-    with pytest.raises(UpstreamError) as caught:
-        _model(url, retries=1)(prompt="hi", max_tokens=4)
-    assert handler.calls == 2
-    assert "HTTP 500" in caught.value.message and SECRET not in caught.value.message
+    handler.mode = mode
+    with pytest.raises(error) as caught:
+        _model(url, retries=retries)(prompt="hi", max_tokens=4)
+    assert handler.calls == retries + 1
+    message = str(caught.value)
+    assert text in message and SECRET not in message
 
 
 def test_connection_cut_mid_stream_is_a_clean_error(fault_server: tuple[str, type[FaultHandler]]) -> None:
