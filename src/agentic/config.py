@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         "Layers offloaded to the GPU (0 = CPU only, -1 = all). Ignored, with one log line, "
         "when llama-cpp-python was built without GPU support.", ge=-1,
     )
+    model_parallel: int = _field(
+        8, "MODEL_PARALLEL",
+        "Sequences llama.cpp decodes together (continuous batching); 1 = one request at a time. "
+        "The KV cache holds MODEL_PARALLEL x MODEL_CONTEXT_SIZE tokens.", ge=1, le=256,
+    )
     model_preload: bool = _field(
         False, "MODEL_PRELOAD", "Load both tiers when the manager is created instead of on first use."
     )

@@ -94,7 +94,7 @@ def test_disconnect_mid_stream_frees_the_model(server: str, client: openai.OpenA
 
 
 def test_queue_overflow_is_503_with_retry_after(tmp_path: Path) -> None:
-    url, process = start_agentic_server(tmp_path, API_MAX_QUEUE="0")
+    url, process = start_agentic_server(tmp_path, API_MAX_QUEUE="0", MODEL_PARALLEL="1")
     try:
         body = {"model": "heavy", "prompt": "Once upon a time", "max_tokens": 300, "stream": True}
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as first:

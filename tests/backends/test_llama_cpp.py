@@ -116,11 +116,23 @@ def test_tiers_on_different_files_load_separately(gemma_path: Path, tmp_path: Pa
 
 
 def test_threads_and_context_are_applied(gemma_path: Path) -> None:
-    manager = ModelManager(make_settings(model_7b_path=gemma_path, model_n_threads=1, model_context_size=512))
+    manager = ModelManager(make_settings(model_7b_path=gemma_path, model_n_threads=1, model_context_size=512,
+                                         model_parallel=1))
     model, _ = manager.get(heavy=True)
-    assert isinstance(model, LlamaCppModel)
+    assert isinstance(model, LlamaCppModel) and model.engine is None
     assert model.threads == 1
     assert model.llama.n_ctx() == model.context_size == 512
+    manager.close()
+
+
+def test_batching_engine_gets_threads_context_and_slots(gemma_path: Path) -> None:
+    manager = ModelManager(make_settings(model_7b_path=gemma_path, model_n_threads=1, model_context_size=512,
+                                         model_parallel=4))
+    model, lock = manager.get(heavy=True)
+    assert isinstance(model, LlamaCppModel) and model.engine is not None
+    assert model.threads == 1 and model.context_size == 512
+    assert model.engine.context_tokens >= 4 * 512 and model.engine.slots == 4
+    assert isinstance(lock, threading.BoundedSemaphore)
     manager.close()
 
 
@@ -192,8 +204,11 @@ def test_missing_user_path_is_guide_error_with_ls_hint(tmp_path: Path) -> None:
     assert f"ls {missing.parent}/" in message
 
 
-def test_concurrent_threads_with_lock_get_independent_results(manager: ModelManager) -> None:
-    model, lock = manager.get(heavy=True)
+def test_concurrent_threads_with_lock_get_independent_results(gemma_path: Path) -> None:
+    # One request at a time (MODEL_PARALLEL=1): the guide's lock serializes, results match exactly.
+    # The batching engine's version of this is in test_batching.py.
+    serial = ModelManager(make_settings(model_7b_path=gemma_path, model_parallel=1, model_n_threads=2))
+    model, lock = serial.get(heavy=True)
     prompts = ["The capital of France is", "Water is made of", "The first planet is", "Two plus two is"]
     with lock:
         expected = {p: model(prompt=p, max_tokens=8, temperature=0)["choices"][0]["text"] for p in prompts}

@@ -54,7 +54,7 @@ class ServerState:
         self.manager = manager
         self.metrics = Metrics()
         self.keys = settings.api_key_list
-        capacity = settings.api_remote_concurrency if manager.remote else 1
+        capacity = manager.capacity()
         gates: dict[str, ModelGate] = {}
         for tier in TIERS:
             spec = manager.specs[tier]

@@ -13,6 +13,7 @@ import itertools
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -203,8 +204,9 @@ class Model(ABC):
     """One loaded model of any backend, called like llama-cpp-python's `Llama`."""
 
     backend: ClassVar[str] = ""
-    # Whether one object may serve several calls at once (a remote API); local models run one at a time.
-    concurrent: ClassVar[bool] = False
+    # Whether one object may serve several calls at once (a remote API, the llama.cpp batching engine);
+    # otherwise calls run one at a time.
+    concurrent: bool = False
 
     def __init__(self, name: str, context_size: int) -> None:
         self.name = name
@@ -280,6 +282,10 @@ class Model(ABC):
         first = next(stream)
         return itertools.chain([first], stream)
 
+    def new_lock(self) -> AbstractContextManager[Any]:
+        """The lock `manager.get()` hands out with this model; one caller at a time by default."""
+        return threading.RLock()
+
     def close(self) -> None:  # noqa: B027 - optional hook: remote models hold no memory
         """Free the model's memory; the default has nothing to free."""
 
@@ -309,12 +315,11 @@ class BaseModelManager(ABC):
 
     backend: ClassVar[str] = ""
     key_setting: ClassVar[str | None] = None  # the secret this backend needs, shown as SET / NOT SET
-    remote: ClassVar[bool] = False  # True: requests go to a server that runs many at once
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else load_settings()
         self.specs = {"heavy": self._resolve(heavy=True), "light": self._resolve(heavy=False)}
-        self._models: dict[str, tuple[Model, threading.RLock]] = {}
+        self._models: dict[str, tuple[Model, AbstractContextManager[Any]]] = {}
         self._loading = threading.Lock()
         if self.settings.model_preload:
             self.load_all()
@@ -332,18 +337,23 @@ class BaseModelManager(ABC):
     def _load(self, spec: ModelSpec) -> Model:
         """Load the model `spec` names."""
 
-    def get(self, heavy: bool = True) -> tuple[Model, threading.RLock]:
+    def get(self, heavy: bool = True) -> tuple[Model, AbstractContextManager[Any]]:
         """The tier's model and the lock to hold while calling it, loading it on first use."""
         spec = self.specs["heavy" if heavy else "light"]
         with self._loading:
             if spec.key not in self._models:
-                self._models[spec.key] = (self._load(spec), threading.RLock())
+                model = self._load(spec)
+                self._models[spec.key] = (model, model.new_lock())
             return self._models[spec.key]
 
     def load_all(self) -> None:
         """Load both tiers now (MODEL_PRELOAD=true does this at creation)."""
         self.get(heavy=True)
         self.get(heavy=False)
+
+    def capacity(self) -> int:
+        """Requests one loaded model serves at once (the server queues the rest)."""
+        return 1
 
     def problem(self) -> str | None:
         """Why the backend cannot serve right now (None: it can); for readiness checks."""

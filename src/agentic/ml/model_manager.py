@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from ..errors import BackendNotInstalledError, InvalidRequestError, ModelFileNot
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
 from .chat_templates import ChatTemplate, fallback_template
 from .default_model import EMBEDDED_LABEL, embedded_model_path
+from .llama_engine import BatchEngine, SamplingSpec
 
 __all__ = ["LlamaCppModel", "ModelManager", "resolve_gguf_path"]
 
@@ -67,25 +70,31 @@ class LlamaCppModel(Model):
             _log.info("MODEL_GPU_LAYERS=%s ignored: this llama-cpp-python build has no GPU support "
                       "(reinstall with CMAKE_ARGS=\"-DGGML_CUDA=on\" to use the GPU)", gpu_layers)
             gpu_layers = 0
+        batched = settings.model_parallel > 1
         try:
+            # With the batching engine, Llama's own context only tokenizes: keep it small.
             self.llama = llama_cpp.Llama(
-                model_path=str(path), n_ctx=settings.model_context_size, n_threads=settings.threads,
-                n_threads_batch=settings.threads, n_gpu_layers=gpu_layers, verbose=False,
+                model_path=str(path), n_ctx=256 if batched else settings.model_context_size,
+                n_threads=settings.threads, n_threads_batch=settings.threads, n_gpu_layers=gpu_layers, verbose=False,
             )
+            self.engine = BatchEngine(self.llama, settings.model_parallel, settings.model_context_size,
+                                      settings.threads) if batched else None
+
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(
                 f"llama.cpp could not load {path}: {exc}. If memory ran out, reduce MODEL_GPU_LAYERS "
                 "(e.g. MODEL_GPU_LAYERS=20 instead of 30) or MODEL_CONTEXT_SIZE (e.g. 2048); if the file "
                 "is damaged or not GGUF, download it again."
             ) from None
-        super().__init__(path.name, self.llama.n_ctx())
+        super().__init__(path.name, self.engine.context_per_slot if self.engine else self.llama.n_ctx())
+        self.concurrent = self.engine is not None  # the engine batches concurrent calls itself
         self.gpu_layers = gpu_layers
         self.template = self._chat_template()
 
     @property
     def threads(self) -> int:
         """Threads the loaded context really uses."""
-        return int(self.llama.context_params.n_threads)
+        return self.engine.threads if self.engine else int(self.llama.context_params.n_threads)
 
     def _chat_template(self) -> ChatTemplate:
         model = self.llama._model
@@ -109,8 +118,14 @@ class LlamaCppModel(Model):
         tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
         return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages")
 
+    def new_lock(self) -> AbstractContextManager[Any]:
+        """With the engine, up to MODEL_PARALLEL callers may hold the lock at once: their calls batch."""
+        return threading.BoundedSemaphore(self.engine.slots) if self.engine else super().new_lock()
+
     def _generate(self, tokens: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:
         check_context(len(tokens), self.context_size, what)
+        if self.engine is not None:
+            return self._text(self._batched(tokens, params), tokens, params)
         if params.seed is not None:
             # Reusing a cached prompt prefix changes the logits in the last bits; a seed promises the same text.
             self.llama.reset()
@@ -119,6 +134,17 @@ class LlamaCppModel(Model):
             tokens, top_k=40, top_p=params.top_p, min_p=0.05, temp=params.temperature, repeat_penalty=1.0,
             grammar=self._grammar(params),
         )
+        return self._text(generated, tokens, params)
+
+    def _batched(self, tokens: list[int], params: GenerationParams) -> Iterator[int]:
+        assert self.engine is not None
+        grammar = self._grammar(params)
+        sampling = SamplingSpec(params.temperature, params.top_p, params.seed,
+                                (grammar._grammar, grammar._root) if grammar is not None else None)
+        room = self.context_size - len(tokens)
+        return self.engine.generate(tokens, min(params.max_tokens or room, room), sampling)
+
+    def _text(self, generated: Iterator[int], tokens: list[int], params: GenerationParams) -> Iterator[Delta]:
         vocab = self.llama._model.vocab
         stream = TokenTextStream(
             detokenize=lambda token: self.llama.detokenize([token]),
@@ -146,7 +172,9 @@ class LlamaCppModel(Model):
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
     def close(self) -> None:
-        """Free the weights and the context."""
+        """Stop the engine; free the weights and the contexts."""
+        if self.engine is not None:
+            self.engine.close()
         self.llama.close()
 
 
@@ -154,6 +182,10 @@ class ModelManager(BaseModelManager):
     """llama.cpp models: heavy = MODEL_7B_PATH, light = MODEL_1B_PATH; thread-safe through the lock."""
 
     backend = "llama_cpp"
+
+    def capacity(self) -> int:
+        """MODEL_PARALLEL requests run at once per model (batched by the engine)."""
+        return self.settings.model_parallel
 
     @classmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:

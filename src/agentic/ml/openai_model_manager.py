@@ -150,7 +150,6 @@ class OpenAIModelManager(BaseModelManager):
 
     backend = "openai"
     key_setting = "openai_api_key"
-    remote = True
 
     @classmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:
@@ -179,6 +178,10 @@ class OpenAIModelManager(BaseModelManager):
 
     def _load(self, spec: ModelSpec) -> Model:
         return OpenAIChatModel(self._client, spec.name, self.settings)
+
+    def capacity(self) -> int:
+        """API_REMOTE_CONCURRENCY requests at once per tier: the remote server schedules them."""
+        return self.settings.api_remote_concurrency
 
     def problem(self) -> str | None:
         """Whether the server answers and accepts the key (models.list, 5 s, no retries)."""

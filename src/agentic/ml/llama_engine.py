@@ -1,0 +1,251 @@
+"""Continuous batching for llama.cpp: many sequences share every `llama_decode` call.
+
+One worker thread per loaded model owns a llama.cpp context with `n_seq_max` sequences. Each step it
+admits waiting requests into free sequence ids, puts the next prompt chunk of new sequences and the
+last sampled token of running ones into one `llama_batch`, decodes once, and samples every sequence
+with its own sampler chain (temperature, top-p, seed, grammar). Tokens go back to each caller through
+a queue; a caller that stops reading (stop sequence, disconnect) cancels its sequence, which frees its
+KV cells at the next step. New requests join between steps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import random
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ModelLoadError
+
+__all__ = ["BatchEngine", "SamplingSpec"]
+
+_log = logging.getLogger(__name__)
+_END = -1  # sentinel on a sequence's token queue: no more tokens
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How one sequence picks its tokens (llama.cpp's defaults for what the API does not set)."""
+
+    temperature: float
+    top_p: float
+    seed: int | None = None
+    grammar: tuple[str, str] | None = None  # (GBNF text, root rule)
+    top_k: int = 40
+    min_p: float = 0.05
+
+
+@dataclass
+class _Sequence:
+    prompt: list[int]
+    limit: int
+    sampling: SamplingSpec
+    tokens: queue.Queue[int] = field(default_factory=queue.Queue)
+    seq_id: int = -1
+    fed: int = 0  # prompt tokens already decoded
+    generated: int = 0
+    last_token: int = -1
+    sampler: Any = None
+    cancelled: bool = False
+    error: BaseException | None = None
+
+
+class BatchEngine:
+    """Runs up to `slots` generations at once on one llama.cpp model."""
+
+    def __init__(self, llama: Any, slots: int, context_per_slot: int, threads: int, batch_size: int = 512) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self._llama = llama
+        self._vocab = llama._model.vocab
+        self.slots = slots
+        self.context_per_slot = context_per_slot
+        self.batch_size = max(batch_size, slots)
+        params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)  # same kernels as Llama
+        params.n_ctx = slots * context_per_slot
+        params.n_batch = params.n_ubatch = self.batch_size
+        params.n_seq_max = slots
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = True
+        self._ctx = llama_cpp.llama_init_from_model(llama._model.model, params)
+        if not self._ctx:
+            raise ModelLoadError(
+                f"llama.cpp could not create a context for {slots} parallel sequences of {context_per_slot} "
+                "tokens. Lower MODEL_PARALLEL or MODEL_CONTEXT_SIZE.")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self.batch_size, 0, 1)
+        self._waiting: deque[_Sequence] = deque()
+        self._running: dict[int, _Sequence] = {}
+        self._wake = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._loop, name="llama-batch", daemon=True)
+        self._worker.start()
+
+    def generate(self, prompt: list[int], limit: int, sampling: SamplingSpec) -> Iterator[int]:
+        """Token ids of one sequence as they are sampled; closing the iterator cancels it."""
+        sequence = _Sequence(list(prompt), limit, sampling)
+        with self._wake:
+            if self._closed:
+                raise ModelLoadError("The model was closed; create the manager again.")
+            self._waiting.append(sequence)
+            self._wake.notify()
+        return self._read(sequence)
+
+    def _read(self, sequence: _Sequence) -> Iterator[int]:
+        try:
+            while (token := sequence.tokens.get()) != _END:
+                yield token
+            if sequence.error is not None:
+                raise sequence.error
+        finally:
+            with self._wake:
+                sequence.cancelled = True
+                self._wake.notify()
+
+    @property
+    def threads(self) -> int:
+        """Threads the engine's context really uses."""
+        return int(self._lib.llama_n_threads(self._ctx))
+
+    @property
+    def context_tokens(self) -> int:
+        """KV cache size of the engine's context, all sequences together."""
+        return int(self._lib.llama_n_ctx(self._ctx))
+
+    @property
+    def active(self) -> int:
+        """Sequences running or waiting."""
+        return len(self._running) + len(self._waiting)
+
+    def close(self) -> None:
+        """Stop the worker, end every sequence and free the context."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._worker.join()
+        self._lib.llama_batch_free(self._batch)
+        self._lib.llama_free(self._ctx)
+
+    # --- the worker thread -------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                self._drop_cancelled()
+                self._admit()
+                while not self._running and not self._closed:
+                    self._wake.wait()
+                    self._drop_cancelled()
+                    self._admit()
+                if self._closed:
+                    for sequence in [*self._running.values(), *self._waiting]:
+                        self._finish(sequence)
+                    return
+                running = list(self._running.values())
+            try:
+                self._step(running)
+            except Exception as exc:  # noqa: BLE001 - handed to every caller of this step
+                _log.exception("llama.cpp batch step failed")
+                for sequence in running:
+                    sequence.error = exc
+                    with self._wake:
+                        self._finish(sequence)
+
+    def _admit(self) -> None:
+        free = sorted(set(range(self.slots)) - set(self._running))
+        while free and self._waiting:
+            sequence = self._waiting.popleft()
+            if sequence.cancelled:
+                sequence.tokens.put(_END)
+                continue
+            sequence.seq_id = free.pop(0)
+            sequence.sampler = self._make_sampler(sequence.sampling)
+            self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+            self._running[sequence.seq_id] = sequence
+
+    def _drop_cancelled(self) -> None:
+        for sequence in [s for s in self._running.values() if s.cancelled]:
+            self._finish(sequence)
+        kept = deque(s for s in self._waiting if not s.cancelled)
+        for sequence in self._waiting:
+            if sequence.cancelled:
+                sequence.tokens.put(_END)
+        self._waiting = kept
+
+    def _finish(self, sequence: _Sequence) -> None:
+        """Free the sequence's KV cells and sampler; tell its reader it is over."""
+        if self._running.get(sequence.seq_id) is sequence:
+            del self._running[sequence.seq_id]
+            self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+        if sequence.sampler is not None:
+            self._lib.llama_sampler_free(sequence.sampler)
+            sequence.sampler = None
+        sequence.tokens.put(_END)
+
+    def _step(self, running: list[_Sequence]) -> None:
+        """One llama_decode over every running sequence, then one sampled token for each that is due."""
+        batch, lib = self._batch, self._lib
+        batch.n_tokens = 0
+        outputs: list[tuple[_Sequence, int]] = []
+        budget = self.batch_size - sum(1 for s in running if s.fed == len(s.prompt))
+        for sequence in running:
+            if sequence.fed < len(sequence.prompt):  # (part of) the prompt
+                take = min(len(sequence.prompt) - sequence.fed, max(budget, 0))
+                budget -= take
+                for offset in range(take):
+                    last = sequence.fed + offset == len(sequence.prompt) - 1
+                    self._add(sequence.prompt[sequence.fed + offset], sequence.fed + offset, sequence.seq_id, last)
+                sequence.fed += take
+                if take and sequence.fed == len(sequence.prompt):
+                    outputs.append((sequence, batch.n_tokens - 1))
+            else:  # the token sampled last step
+                self._add(sequence.last_token, len(sequence.prompt) + sequence.generated - 1, sequence.seq_id, True)
+                outputs.append((sequence, batch.n_tokens - 1))
+        if batch.n_tokens == 0:
+            return
+        status = lib.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise ModelLoadError(f"llama_decode failed with status {status} (KV cache full?). Lower MODEL_PARALLEL "
+                                 "or the prompt sizes.")
+        with self._wake:
+            for sequence, index in outputs:
+                if sequence.cancelled:
+                    continue
+                token = lib.llama_sampler_sample(sequence.sampler, self._ctx, index)
+                sequence.generated += 1
+                sequence.last_token = token
+                sequence.tokens.put(token)
+                if lib.llama_vocab_is_eog(self._vocab, token) or sequence.generated >= sequence.limit:
+                    self._finish(sequence)
+
+    def _add(self, token: int, position: int, seq_id: int, logits: bool) -> None:
+        batch, index = self._batch, self._batch.n_tokens
+        batch.token[index] = token
+        batch.pos[index] = position
+        batch.n_seq_id[index] = 1
+        batch.seq_id[index][0] = seq_id
+        batch.logits[index] = logits
+        batch.n_tokens = index + 1
+
+    def _make_sampler(self, spec: SamplingSpec) -> Any:
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if spec.grammar is not None:
+            text, root = spec.grammar
+            grammar = lib.llama_sampler_init_grammar(self._vocab, text.encode(), root.encode())
+            lib.llama_sampler_chain_add(chain, grammar)
+        if spec.temperature == 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        seed = spec.seed if spec.seed is not None else random.getrandbits(31)
+        for sampler in (lib.llama_sampler_init_top_k(spec.top_k), lib.llama_sampler_init_top_p(spec.top_p, 1),
+                        lib.llama_sampler_init_min_p(spec.min_p, 1), lib.llama_sampler_init_temp(spec.temperature),
+                        lib.llama_sampler_init_dist(ctypes.c_uint32(seed).value)):
+            lib.llama_sampler_chain_add(chain, sampler)
+        return chain
