@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Write one sentence about why local LLMs matter.
 
-.PHONY: setup setup-dev run test lint clean
+.PHONY: setup setup-dev run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ test: setup-dev
 lint: setup-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+
+bench: setup-dev
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV)
