@@ -101,8 +101,9 @@ class Settings(BaseSettings):
     )
     model_parallel: int = _field(
         8, "MODEL_PARALLEL",
-        "Sequences llama.cpp decodes together (continuous batching); 1 = one request at a time. "
-        "The KV cache holds MODEL_PARALLEL x MODEL_CONTEXT_SIZE tokens.", ge=1, le=256,
+        "Requests a local model generates together (llama.cpp: continuous batching; transformers: requests "
+        "that arrive together share a batch); 1 = one at a time. llama.cpp's KV cache holds MODEL_PARALLEL x "
+        "MODEL_CONTEXT_SIZE tokens.", ge=1, le=256,
     )
     model_preload: bool = _field(
         False, "MODEL_PRELOAD", "Load both tiers when the manager is created instead of on first use."

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from ..errors import BackendNotInstalledError, InvalidRequestError, ModelNotAvai
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
 from .chat_templates import ChatTemplate, fallback_template
 from .default_model import EMBEDDED_LABEL, embedded_model_path
+from .transformers_engine import TransformersBatcher
 
 __all__ = ["GPUModelManager", "TransformersModel"]
 
@@ -77,6 +80,12 @@ class TransformersModel(Model):
         # A turn end such as Gemma's <end_of_turn> is one special token that decoding hides: stop on its id.
         vocab = tokenizer.get_vocab()
         self.end_tokens |= {vocab[stop] for stop in self.template.stop if stop in vocab}
+        self.batcher: TransformersBatcher | None = None
+        if settings.model_parallel > 1:
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            self.batcher = TransformersBatcher(lambda **inputs: self.model(**inputs), self.device, pad,
+                                               self.end_tokens, self._sample, settings.model_parallel)
+            self.concurrent = True  # the batcher takes concurrent calls and runs them together
 
     def _chat_template(self) -> ChatTemplate:
         bos, eos = self.tokenizer.bos_token or "", self.tokenizer.eos_token or ""
@@ -99,42 +108,57 @@ class TransformersModel(Model):
                                       "transformers_gpu backend yet; use llama_cpp or openai for structured output.",
                                       param="response_format")
         check_context(len(ids), self.context_size, what)
+        room = self.context_size - len(ids)
         stream = TokenTextStream(
             detokenize=_IncrementalText(self.tokenizer), is_end=self.end_tokens.__contains__,
-            params=params, prompt_tokens=len(ids), room=self.context_size - len(ids),
+            params=params, prompt_tokens=len(ids), room=room,
         )
-        return stream.run(self._tokens(ids, params))
+        if self.batcher is not None:
+            limit = min(params.max_tokens or room, room)
+            tokens = self.batcher.generate(ids, limit, params.temperature, params.top_p, params.seed)
+        else:
+            tokens = self._tokens(ids, params)
+        return stream.run(self._out_of_memory_guard(tokens))
+
+    def new_lock(self) -> AbstractContextManager[Any]:
+        """With the batcher, up to MODEL_PARALLEL callers may hold the lock at once: their calls batch."""
+        return threading.BoundedSemaphore(self.batcher.slots) if self.batcher else super().new_lock()
+
+    def _out_of_memory_guard(self, tokens: Iterator[int]) -> Iterator[int]:
+        try:
+            yield from tokens
+        except self._torch.cuda.OutOfMemoryError:
+            raise OutOfMemoryError(OOM_HELP.format(what="generating")) from None
 
     def _tokens(self, ids: list[int], params: GenerationParams) -> Iterator[int]:
         torch = self._torch
         generator = torch.Generator(device=self.device)
         generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
         step, past = torch.tensor([ids], device=self.device), None
-        try:
-            while True:
-                with torch.inference_mode():
-                    out = self.model(input_ids=step, past_key_values=past, use_cache=True)
-                    past = out.past_key_values
-                    token = self._sample(out.logits[0, -1].float(), params, generator)
-                yield token
-                step = torch.tensor([[token]], device=self.device)
-        except torch.cuda.OutOfMemoryError:
-            raise OutOfMemoryError(OOM_HELP.format(what="generating")) from None
+        while True:
+            with torch.inference_mode():
+                out = self.model(input_ids=step, past_key_values=past, use_cache=True, logits_to_keep=1)
+                past = out.past_key_values
+                token = self._sample(out.logits[0, -1].float(), params.temperature, params.top_p, generator)
+            yield token
+            step = torch.tensor([[token]], device=self.device)
 
-    def _sample(self, logits: Any, params: GenerationParams, generator: Any) -> int:
+    def _sample(self, logits: Any, temperature: float, top_p: float, generator: Any) -> int:
         """Greedy at temperature 0; else top-k, then top-p (nucleus) sampling."""
         torch = self._torch
-        if params.temperature == 0:
+        if temperature == 0:
             return int(logits.argmax())
-        values, indices = torch.topk(logits / params.temperature, min(TOP_K, logits.shape[-1]))
+        values, indices = torch.topk(logits / temperature, min(TOP_K, logits.shape[-1]))
         probs = torch.softmax(values, dim=-1)
-        outside = torch.cumsum(probs, dim=-1) - probs >= params.top_p
+        outside = torch.cumsum(probs, dim=-1) - probs >= top_p
         probs = probs.masked_fill(outside, 0.0)
         choice = torch.multinomial(probs / probs.sum(), 1, generator=generator)
         return int(indices[choice])
 
     def close(self) -> None:
-        """Drop the weights and release cached GPU memory."""
+        """Stop the batcher, drop the weights and release cached GPU memory."""
+        if self.batcher is not None:
+            self.batcher.close()
         del self.model
         if self._torch.cuda.is_available():
             self._torch.cuda.empty_cache()
@@ -144,6 +168,10 @@ class GPUModelManager(BaseModelManager):
     """Transformers models: heavy = GPU_HEAVY_MODEL, light = GPU_LIGHT_MODEL (default: the embedded Gemma)."""
 
     backend = "transformers_gpu"
+
+    def capacity(self) -> int:
+        """MODEL_PARALLEL requests run at once per model (generated together by the batcher)."""
+        return self.settings.model_parallel
 
     @classmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:

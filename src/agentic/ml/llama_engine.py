@@ -10,6 +10,7 @@ KV cells at the next step. New requests join between steps.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import logging
 import queue
@@ -86,6 +87,7 @@ class BatchEngine:
         self._closed = False
         self._worker = threading.Thread(target=self._loop, name="llama-batch", daemon=True)
         self._worker.start()
+        atexit.register(self.close)  # stop the worker before llama.cpp is torn down at exit
 
     def generate(self, prompt: list[int], limit: int, sampling: SamplingSpec) -> Iterator[int]:
         """Token ids of one sequence as they are sampled; closing the iterator cancels it."""
@@ -125,6 +127,7 @@ class BatchEngine:
 
     def close(self) -> None:
         """Stop the worker, end every sequence and free the context."""
+        atexit.unregister(self.close)
         with self._wake:
             self._closed = True
             self._wake.notify()

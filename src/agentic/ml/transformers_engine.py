@@ -1,0 +1,137 @@
+"""Batched generation for transformers: requests that arrive together share every forward pass.
+
+A worker thread takes up to `slots` waiting requests, left-pads their prompts into one batch and
+decodes them step by step with one KV cache, each row sampling with its own temperature / top_p /
+seed. A row ends at its end token, its token limit or when its reader stops (stop sequence, closed
+stream); the batch ends when every row has, and the next batch starts with whatever arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TransformersBatcher"]
+
+_log = logging.getLogger(__name__)
+_END = -1
+GATHER_SECONDS = 0.01
+
+
+@dataclass
+class _Row:
+    prompt: list[int]
+    limit: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    tokens: queue.Queue[int | BaseException] = field(default_factory=queue.Queue)
+    generated: int = 0
+    done: bool = False
+    cancelled: bool = False
+
+
+class TransformersBatcher:
+    """Runs up to `slots` generations of one transformers model per batch."""
+
+    def __init__(self, forward: Callable[..., Any], device: Any, pad_token: int, end_tokens: set[int],
+                 sample: Callable[[Any, float, float, Any], int], slots: int) -> None:
+        import torch
+
+        self._torch = torch
+        self.forward, self.device, self.pad_token = forward, device, pad_token
+        self.end_tokens, self._sample, self.slots = end_tokens, sample, slots
+        self._waiting: deque[_Row] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._loop, name="transformers-batch", daemon=True)
+        self._worker.start()
+        atexit.register(self.close)  # stop the worker before torch is torn down at exit
+
+    def generate(self, prompt: list[int], limit: int, temperature: float, top_p: float,
+                 seed: int | None) -> Iterator[int]:
+        """Token ids of one request as they are sampled; closing the iterator ends its row."""
+        row = _Row(list(prompt), limit, temperature, top_p, seed)
+        with self._wake:
+            self._waiting.append(row)
+            self._wake.notify()
+        return self._read(row)
+
+    def _read(self, row: _Row) -> Iterator[int]:
+        try:
+            while (item := row.tokens.get()) != _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            row.cancelled = True
+
+    def close(self) -> None:
+        """Stop the worker once the current batch ends."""
+        atexit.unregister(self.close)
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._worker.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    for row in self._waiting:
+                        row.tokens.put(_END)
+                    return
+                deadline = time.monotonic() + GATHER_SECONDS  # callers that start together arrive ms apart
+                while len(self._waiting) < self.slots and (left := deadline - time.monotonic()) > 0:
+                    self._wake.wait(left)
+                rows = [self._waiting.popleft() for _ in range(min(self.slots, len(self._waiting)))]
+            try:
+                self._run(rows)
+            except Exception as exc:  # noqa: BLE001 - every row of the batch gets the error
+                _log.exception("transformers batch failed")
+                for row in rows:
+                    row.tokens.put(exc)
+            finally:
+                for row in rows:
+                    row.tokens.put(_END)
+
+    def _run(self, rows: list[_Row]) -> None:
+        torch = self._torch
+        width = max(len(row.prompt) for row in rows)
+        ids = torch.tensor([[self.pad_token] * (width - len(r.prompt)) + r.prompt for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        generators = []
+        for row in rows:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(row.seed if row.seed is not None else random.getrandbits(63))
+            generators.append(generator)
+        past = None
+        while not all(row.done or row.cancelled for row in rows):
+            with torch.inference_mode():
+                out = self.forward(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                                   use_cache=True, logits_to_keep=1)
+            past = out.past_key_values
+            logits = out.logits[:, -1].float()
+            step = []
+            for index, row in enumerate(rows):
+                token = self.pad_token
+                if not (row.done or row.cancelled):
+                    token = self._sample(logits[index], row.temperature, row.top_p, generators[index])
+                    row.generated += 1
+                    row.tokens.put(token)
+                    row.done = token in self.end_tokens or row.generated >= row.limit
+                step.append(token)
+            ids = torch.tensor([[token] for token in step], device=self.device)
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], dim=-1)
+            positions = positions[:, -1:] + 1
