@@ -9,7 +9,6 @@ here once, so every backend answers in exactly the same shape.
 from __future__ import annotations
 
 import codecs
-import itertools
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -280,7 +279,15 @@ class Model(ABC):
 
         stream = guarded()
         first = next(stream)
-        return itertools.chain([first], stream)
+
+        def primed() -> Iterator[Delta]:
+            try:
+                yield first
+                yield from stream
+            finally:
+                stream.close()  # a caller that stops early ends the generation (and frees its slot) now
+
+        return primed()
 
     def new_lock(self) -> AbstractContextManager[Any]:
         """The lock `manager.get()` hands out with this model; one caller at a time by default."""
