@@ -131,3 +131,16 @@ def test_stop_sequence_ends_the_engine_sequence(model: LlamaCppModel) -> None:
     while model.engine.active and time.monotonic() < deadline:
         time.sleep(0.05)
     assert model.engine.active == 0
+
+
+def test_engine_close_is_idempotent_and_refuses_new_work(gemma_path: Path) -> None:
+    from agentic.errors import ModelLoadError
+
+    manager = ModelManager(make_settings(model_7b_path=gemma_path, model_parallel=2, model_context_size=256))
+    model, _ = manager.get(heavy=True)
+    assert isinstance(model, LlamaCppModel) and model.engine is not None
+    engine = model.engine
+    engine.close()
+    engine.close()
+    with pytest.raises(ModelLoadError):
+        engine.generate([1, 2, 3], 4, SamplingSpec(0.0, 1.0))

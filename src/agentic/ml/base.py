@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -270,7 +270,7 @@ class Model(ABC):
         call, not in the middle of a caller's stream loop.
         """
 
-        def guarded() -> Iterator[Delta]:
+        def guarded() -> Generator[Delta, None, None]:
             if self.concurrent:
                 yield from deltas
                 return

@@ -84,7 +84,7 @@ class BatchEngine:
         self._waiting: deque[_Sequence] = deque()
         self._running: dict[int, _Sequence] = {}
         self._wake = threading.Condition()
-        self._closed = False
+        self._closed = self._released = False
         self._worker = threading.Thread(target=self._loop, name="llama-batch", daemon=True)
         self._worker.start()
         atexit.register(self.close)  # stop the worker before llama.cpp is torn down at exit
@@ -126,10 +126,12 @@ class BatchEngine:
         return len(self._running) + len(self._waiting)
 
     def close(self) -> None:
-        """Stop the worker, end every sequence and free the context."""
+        """Stop the worker, end every sequence and free the context (once; later calls do nothing)."""
         atexit.unregister(self.close)
         with self._wake:
-            self._closed = True
+            if self._released:
+                return
+            self._released = self._closed = True
             self._wake.notify()
         self._worker.join()
         self._lib.llama_batch_free(self._batch)
