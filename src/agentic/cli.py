@@ -1,4 +1,4 @@
-"""The `agentic` command: `agentic config`, `agentic generate "..."`."""
+"""The `agentic` command: `agentic config | generate | serve | cost`."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
 from .config import load_settings
+from .cost import PriceTable, Workload, api_cost, local_cost
 from .errors import AgenticError
 from .ml.model_factory import create_model_manager, describe_configuration
 
@@ -94,6 +96,34 @@ def serve(
     from .api.app import serve as serve_api
 
     _run(lambda: serve_api(load_settings(), host=host, port=port))
+
+
+@app.command()
+def cost(
+    requests: Annotated[int, typer.Option(min=1, help="Number of calls.")] = 100,
+    input_tokens: Annotated[int, typer.Option(min=0, help="Prompt tokens per call.")] = 500,
+    output_tokens: Annotated[int, typer.Option(min=0, help="Completion tokens per call.")] = 500,
+    prices: Annotated[Path | None, typer.Option(help="Price table JSON (default: the shipped, dated one).")] = None,
+    tokens_per_second: Annotated[float | None, typer.Option(
+        help="Measured output tokens/s of the local backends (e.g. from `make bench`).")] = None,
+    hardware_per_hour: Annotated[float, typer.Option(min=0.0, help="What an hour of the local machine costs, $.")]
+    = 0.0,
+) -> None:
+    """Cost of a workload on every backend side by side (default: the guide's 100 x 500 in / 500 out)."""
+    table = _run(lambda: PriceTable.load(prices))
+    workload = Workload(requests, input_tokens, output_tokens)
+    lines = [api_cost(model, workload, table) for model in table.prices]
+    lines += [local_cost(backend, label, workload, tokens_per_second, hardware_per_hour)
+              for backend, label in (("llama_cpp", "MODEL_7B_PATH / MODEL_1B_PATH"),
+                                     ("transformers_gpu", "GPU_HEAVY_MODEL / GPU_LIGHT_MODEL"))]
+    typer.echo(f"{requests} requests x ({input_tokens} in + {output_tokens} out) tokens = "
+               f"{workload.total_input:,} input + {workload.total_output:,} output tokens")
+    typer.echo(f"Prices: {table.source}\n")
+    typer.echo(f"{'backend':<17}{'model':<34}{'input $':>10}{'output $':>10}{'total $':>10}  how")
+    for line in lines:
+        money = [f"{value:10.4f}" if value is not None else f"{'n/a':>10}"
+                 for value in (line.input_cost, line.output_cost, line.total)]
+        typer.echo(f"{line.backend:<17}{line.model:<34}{''.join(money)}  {line.note}")
 
 
 def _echo_chunks(chunks: Iterator[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""What a workload costs on each backend: API models from a dated price table, local ones from throughput.
+
+Prices are per 1,000 tokens, so cost = tokens / 1,000 x price. (The guide's "100 x (500 + 500) x $0.001
+= $100" multiplies a per-1K price by raw tokens; the right figure is $0.10.)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["CostLine", "PriceTable", "Workload", "api_cost", "local_cost"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """`requests` calls of `input_tokens` in and `output_tokens` out each."""
+
+    requests: int
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def total_input(self) -> int:
+        return self.requests * self.input_tokens
+
+    @property
+    def total_output(self) -> int:
+        return self.requests * self.output_tokens
+
+
+@dataclass(frozen=True)
+class CostLine:
+    """One backend's estimate; `note` says how it was computed or why it is missing."""
+
+    backend: str
+    model: str
+    input_cost: float | None
+    output_cost: float | None
+    note: str
+
+    @property
+    def total(self) -> float | None:
+        if self.input_cost is None or self.output_cost is None:
+            return None
+        return self.input_cost + self.output_cost
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """Input and output prices per 1,000 tokens per model, with the date they were taken."""
+
+    prices: dict[str, tuple[float, float]]
+    as_of: str
+    source: str
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> PriceTable:
+        """The shipped table, or a file of the same shape given by the user."""
+        try:
+            text = (Path(path).read_text() if path is not None
+                    else resources.files("agentic.data").joinpath("prices.json").read_text())
+            raw: dict[str, Any] = json.loads(text)
+            prices = {name: (float(entry["input_per_1k"]), float(entry["output_per_1k"]))
+                      for name, entry in raw["models"].items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"Price table {path} is not usable ({type(exc).__name__}: {exc}). It must be JSON like "
+                '{"as_of": "2024-10-01", "models": {"gpt-4": {"input_per_1k": 0.03, "output_per_1k": 0.06}}}.'
+            ) from None
+        return cls(prices, str(raw.get("as_of", "unknown date")), str(raw.get("source", path or "shipped")))
+
+
+def api_cost(model: str, workload: Workload, table: PriceTable) -> CostLine:
+    """tokens / 1,000 x the per-1K price, separately for input and output."""
+    if model not in table.prices:
+        return CostLine("openai", model, None, None, f"no price for {model!r} in the table (as of {table.as_of})")
+    input_price, output_price = table.prices[model]
+    return CostLine("openai", model, workload.total_input / 1000 * input_price,
+                    workload.total_output / 1000 * output_price,
+                    f"${input_price}/1K in, ${output_price}/1K out (prices as of {table.as_of})")
+
+
+def local_cost(backend: str, model: str, workload: Workload, tokens_per_second: float | None,
+               hardware_per_hour: float) -> CostLine:
+    """Time on the machine at the measured generation speed, times what an hour of it costs."""
+    if tokens_per_second is None or tokens_per_second <= 0:
+        return CostLine(backend, model, None, None, "no throughput measurement: pass --tokens-per-second "
+                        "(from `make bench` or a finished run)")
+    hours = workload.total_output / tokens_per_second / 3600
+    return CostLine(backend, model, 0.0, hours * hardware_per_hour,
+                    f"{hours * 60:.1f} min at {tokens_per_second:g} output tokens/s x ${hardware_per_hour:g}/h "
+                    "(prompt time not counted)")

@@ -1,0 +1,1 @@
+"""Data files shipped with agentic (the price table)."""
