@@ -104,6 +104,8 @@ def test_queue_overflow_is_503_with_retry_after(tmp_path: Path) -> None:
         assert busy.status_code == 503
         assert busy.headers["retry-after"] == "1"
         assert busy.json()["error"]["code"] == "queue_full"
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'agentic_errors_total{backend="llama_cpp",code="queue_full",tier="light"} 1.0' in metrics
     finally:
         stop(process)
 

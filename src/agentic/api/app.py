@@ -100,9 +100,10 @@ async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: 
     started, request_id = time.perf_counter(), uuid.uuid4().hex[:12]
     if state.settings.api_log_prompts:
         _log.info("request id=%s prompt=%r", request_id, prompt_text)
-    await gate.acquire()
-    streaming = False
+    streaming, acquired, chunks = False, False, None
     try:
+        await gate.acquire()
+        acquired = True
         model = await state.model(tier)
         _check_max_tokens(model, max_tokens)
         if not stream:
@@ -117,8 +118,10 @@ async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: 
         _record(state, labels, endpoint, exc.status_code, None, started, request_id, started)
         raise
     finally:
-        if not streaming:
+        if acquired and not streaming:
             gate.release()
+        if chunks is not None and not streaming:  # cancelled before the response started: stop the worker
+            asyncio.ensure_future(chunks.aclose())  # type: ignore[attr-defined]
     return StreamingResponse(_stream_events(state, endpoint, labels, first, chunks, gate, include_usage, started,
                                             request_id), media_type="text/event-stream",
                              headers={"x-request-id": request_id, "cache-control": "no-cache"})
