@@ -1,4 +1,4 @@
-"""The `agentic` command: `agentic config | generate | serve | cost`."""
+"""The `agentic` command: `agentic config | generate | serve | cost | doctor`."""
 
 from __future__ import annotations
 
@@ -124,6 +124,24 @@ def cost(
         money = [f"{value:10.4f}" if value is not None else f"{'n/a':>10}"
                  for value in (line.input_cost, line.output_cost, line.total)]
         typer.echo(f"{line.backend:<17}{line.model:<34}{''.join(money)}  {line.note}")
+
+
+@app.command()
+def doctor() -> None:
+    """Preflight checks of the configured backend, each failure with its fix; exit code 1 if any fails."""
+    from .doctor import run_checks
+
+    checks = _run(lambda: run_checks(load_settings()))
+    width = max(len(check.name) for check in checks)
+    for check in checks:
+        mark = typer.style("PASS", fg=typer.colors.GREEN) if check.ok else typer.style("FAIL", fg=typer.colors.RED)
+        typer.echo(f"{mark}  {check.name:<{width}}  {check.detail}")
+        if not check.ok and check.fix:
+            typer.echo(f"      {'':<{width}}  fix: {check.fix}")
+    failed = sum(not check.ok for check in checks)
+    typer.echo(f"\n{len(checks) - failed} passed, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
 
 
 def _echo_chunks(chunks: Iterator[dict[str, Any]]) -> dict[str, Any]:
