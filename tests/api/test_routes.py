@@ -182,3 +182,12 @@ async def test_request_log_line_has_no_prompt_unless_asked(manager: BaseModelMan
         assert any("endpoint=completions tier=heavy backend=llama_cpp status=200" in line for line in lines)
         assert any("PRIVATE-PROMPT" in line for line in lines) is log_prompts
         caplog.clear()
+
+
+async def test_unenforceable_json_schema_is_400_not_500(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json={
+        "model": "heavy", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "unknowntype"}}}})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "response_format" and "cannot be enforced by llama.cpp" in error["message"]

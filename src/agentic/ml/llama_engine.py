@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ModelLoadError
+from ..errors import InvalidRequestError, ModelLoadError
 
 __all__ = ["BatchEngine", "SamplingSpec"]
 
@@ -169,8 +169,13 @@ class BatchEngine:
             if sequence.cancelled:
                 sequence.tokens.put(_END)
                 continue
+            try:
+                sequence.sampler = self._make_sampler(sequence.sampling)
+            except InvalidRequestError as exc:
+                sequence.error = exc
+                sequence.tokens.put(_END)
+                continue
             sequence.seq_id = free.pop(0)
-            sequence.sampler = self._make_sampler(sequence.sampling)
             self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
             self._running[sequence.seq_id] = sequence
 
@@ -244,6 +249,10 @@ class BatchEngine:
         if spec.grammar is not None:
             text, root = spec.grammar
             grammar = lib.llama_sampler_init_grammar(self._vocab, text.encode(), root.encode())
+            if not grammar:
+                lib.llama_sampler_free(chain)
+                raise InvalidRequestError("llama.cpp could not compile the grammar for response_format.",
+                                          param="response_format")
             lib.llama_sampler_chain_add(chain, grammar)
         if spec.temperature == 0:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())

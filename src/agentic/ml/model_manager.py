@@ -163,7 +163,7 @@ class LlamaCppModel(Model):
             if not schema:
                 return grammar_module.LlamaGrammar.from_string(grammar_module.JSON_GBNF, verbose=False)
             return grammar_module.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-        except (ValueError, RuntimeError) as exc:
+        except (AssertionError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # the converter asserts
             raise InvalidRequestError(f"response_format's JSON schema cannot be enforced by llama.cpp: {exc}",
                                       param="response_format") from None
 
