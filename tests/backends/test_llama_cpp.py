@@ -15,7 +15,7 @@ from agentic.errors import ContextLengthExceededError, ModelFileNotFoundError, M
 from agentic.ml.model_factory import create_model_manager
 from agentic.ml.model_manager import LlamaCppModel, ModelManager
 from conftest import make_settings
-from gguf_split import split_gguf
+from gguf_split import rewrite_gguf, split_gguf
 
 PROMPT = "The capital of France is"
 
@@ -235,3 +235,17 @@ def test_unloadable_file_gives_out_of_memory_hints(tmp_path: Path) -> None:
     message = caught.value.message
     assert message.startswith(f"llama.cpp could not load {broken}")
     assert "MODEL_GPU_LAYERS=20 instead of 30" in message and "MODEL_CONTEXT_SIZE" in message
+
+
+def test_chat_uses_the_template_stored_in_the_gguf(gemma_path: Path, tmp_path: Path) -> None:
+    template = ("{% for m in messages %}[{{ m['role'] | upper }}] {{ m['content'] }}\n{% endfor %}"
+                "{% if add_generation_prompt %}[ASSISTANT] {% endif %}")
+    with_template = tmp_path / "templated.gguf"
+    rewrite_gguf(gemma_path, with_template, extra={"tokenizer.chat_template": template})
+    manager = ModelManager(make_settings(model_7b_path=with_template, model_parallel=1))
+    model, _ = manager.get(heavy=True)
+    assert isinstance(model, LlamaCppModel)
+    assert model.template.render([{"role": "user", "content": "Hi"}]) == "[USER] Hi\n[ASSISTANT] "
+    result = model.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=3, temperature=0)
+    assert result["usage"]["prompt_tokens"] == model.count_tokens("[USER] Hi\n[ASSISTANT] ")
+    manager.close()
