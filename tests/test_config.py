@@ -128,3 +128,10 @@ def test_llama_backend_names_embedded_model_when_paths_unset() -> None:
     result = CliRunner().invoke(app, ["config"])
     assert "Heavy Model: embedded default (Gemma 3 270M Q4_K_M)" in result.output
     assert "API Key" not in result.output
+
+
+def test_agentic_config_describe_explains_every_setting() -> None:
+    result = CliRunner().invoke(app, ["config", "--describe"])
+    assert result.exit_code == 0
+    for field, info in Settings.model_fields.items():
+        assert f"{Settings.env_name(field)}: {info.description}" in result.output

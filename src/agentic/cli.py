@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
-from .config import load_settings
+from .config import Settings, load_settings
 from .cost import PriceTable, Workload, api_cost, local_cost
 from .errors import AgenticError
 from .ml.model_factory import create_model_manager, describe_configuration
@@ -42,10 +42,16 @@ def _setup_logging(quiet: bool) -> None:
 
 
 @app.command()
-def config() -> None:
+def config(
+    describe: Annotated[bool, typer.Option("--describe", "-d", help="Also explain every setting.")] = False,
+) -> None:
     """Show the backend, both tiers' models and every effective setting with its source."""
     settings = _run(load_settings)
     typer.echo("\n".join(describe_configuration(settings)))
+    if describe:
+        typer.echo("\nWhat each setting does:")
+        for field, info in Settings.model_fields.items():
+            typer.echo(f"  {Settings.env_name(field)}: {info.description}")
 
 
 @app.command()
