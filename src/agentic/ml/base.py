@@ -47,6 +47,10 @@ class GenerationParams:
     stream: bool = False
     response_format: dict[str, Any] | None = None
 
+    def token_limit(self, room: int) -> int:
+        """Most tokens to generate: max_tokens, capped by the room left in the context."""
+        return min(self.max_tokens or room, room)
+
     @property
     def json_schema(self) -> dict[str, Any] | None:
         """The JSON schema the answer must follow: {} for any JSON object, None for free text."""
@@ -169,7 +173,7 @@ class TokenTextStream:
     ) -> None:
         self.detokenize = detokenize
         self.is_end = is_end
-        self.limit = min(params.max_tokens or room, room)
+        self.limit = params.token_limit(room)
         self.prompt_tokens = prompt_tokens
         self.stop = StopMatcher(params.stop)
 
@@ -203,9 +207,11 @@ class Model(ABC):
     """One loaded model of any backend, called like llama-cpp-python's `Llama`."""
 
     backend: ClassVar[str] = ""
-    # Whether one object may serve several calls at once (a remote API, the llama.cpp batching engine);
-    # otherwise calls run one at a time.
+    # Whether one object may serve several calls at once (a remote API, a batching engine); otherwise
+    # calls run one at a time.
     concurrent: bool = False
+    # Calls a batching engine generates together; the lock from `manager.get()` admits this many callers.
+    parallel: int = 1
 
     def __init__(self, name: str, context_size: int) -> None:
         self.name = name
@@ -290,8 +296,8 @@ class Model(ABC):
         return primed()
 
     def new_lock(self) -> AbstractContextManager[Any]:
-        """The lock `manager.get()` hands out with this model; one caller at a time by default."""
-        return threading.RLock()
+        """The lock `manager.get()` hands out: one caller at a time, or `parallel` callers whose calls batch."""
+        return threading.BoundedSemaphore(self.parallel) if self.parallel > 1 else threading.RLock()
 
     def close(self) -> None:  # noqa: B027 - optional hook: remote models hold no memory
         """Free the model's memory; the default has nothing to free."""
@@ -359,8 +365,8 @@ class BaseModelManager(ABC):
         self.get(heavy=False)
 
     def capacity(self) -> int:
-        """Requests one loaded model serves at once (the server queues the rest)."""
-        return 1
+        """Requests one loaded model serves at once (the server queues the rest): MODEL_PARALLEL locally."""
+        return self.settings.model_parallel
 
     def problem(self) -> str | None:
         """Why the backend cannot serve right now (None: it can); for readiness checks."""

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -85,7 +83,7 @@ class TransformersModel(Model):
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             self.batcher = TransformersBatcher(lambda **inputs: self.model(**inputs), self.device, pad,
                                                self.end_tokens, self._sample, settings.model_parallel)
-            self.concurrent = True  # the batcher takes concurrent calls and runs them together
+            self.concurrent, self.parallel = True, settings.model_parallel  # calls that arrive together batch
 
     def _chat_template(self) -> ChatTemplate:
         bos, eos = self.tokenizer.bos_token or "", self.tokenizer.eos_token or ""
@@ -114,15 +112,11 @@ class TransformersModel(Model):
             params=params, prompt_tokens=len(ids), room=room,
         )
         if self.batcher is not None:
-            limit = min(params.max_tokens or room, room)
-            tokens = self.batcher.generate(ids, limit, params.temperature, params.top_p, params.seed)
+            tokens = self.batcher.generate(ids, params.token_limit(room), params.temperature, params.top_p,
+                                           params.seed)
         else:
             tokens = self._tokens(ids, params)
         return stream.run(self._out_of_memory_guard(tokens))
-
-    def new_lock(self) -> AbstractContextManager[Any]:
-        """With the batcher, up to MODEL_PARALLEL callers may hold the lock at once: their calls batch."""
-        return threading.BoundedSemaphore(self.batcher.slots) if self.batcher else super().new_lock()
 
     def _out_of_memory_guard(self, tokens: Iterator[int]) -> Iterator[int]:
         try:
@@ -168,10 +162,6 @@ class GPUModelManager(BaseModelManager):
     """Transformers models: heavy = GPU_HEAVY_MODEL, light = GPU_LIGHT_MODEL (default: the embedded Gemma)."""
 
     backend = "transformers_gpu"
-
-    def capacity(self) -> int:
-        """MODEL_PARALLEL requests run at once per model (generated together by the batcher)."""
-        return self.settings.model_parallel
 
     @classmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -87,7 +85,8 @@ class LlamaCppModel(Model):
                 "is damaged or not GGUF, download it again."
             ) from None
         super().__init__(path.name, self.engine.context_per_slot if self.engine else self.llama.n_ctx())
-        self.concurrent = self.engine is not None  # the engine batches concurrent calls itself
+        if self.engine is not None:  # the engine batches concurrent calls itself
+            self.concurrent, self.parallel = True, self.engine.slots
         self.gpu_layers = gpu_layers
         self.template = self._chat_template()
 
@@ -118,10 +117,6 @@ class LlamaCppModel(Model):
         tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
         return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages")
 
-    def new_lock(self) -> AbstractContextManager[Any]:
-        """With the engine, up to MODEL_PARALLEL callers may hold the lock at once: their calls batch."""
-        return threading.BoundedSemaphore(self.engine.slots) if self.engine else super().new_lock()
-
     def _generate(self, tokens: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:
         check_context(len(tokens), self.context_size, what)
         if self.engine is not None:
@@ -142,7 +137,7 @@ class LlamaCppModel(Model):
         sampling = SamplingSpec(params.temperature, params.top_p, params.seed,
                                 (grammar._grammar, grammar._root) if grammar is not None else None)
         room = self.context_size - len(tokens)
-        return self.engine.generate(tokens, min(params.max_tokens or room, room), sampling)
+        return self.engine.generate(tokens, params.token_limit(room), sampling)
 
     def _text(self, generated: Iterator[int], tokens: list[int], params: GenerationParams) -> Iterator[Delta]:
         vocab = self.llama._model.vocab
@@ -182,10 +177,6 @@ class ModelManager(BaseModelManager):
     """llama.cpp models: heavy = MODEL_7B_PATH, light = MODEL_1B_PATH; thread-safe through the lock."""
 
     backend = "llama_cpp"
-
-    def capacity(self) -> int:
-        """MODEL_PARALLEL requests run at once per model (batched by the engine)."""
-        return self.settings.model_parallel
 
     @classmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:
