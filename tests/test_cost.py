@@ -12,7 +12,7 @@ from agentic.cli import app
 from agentic.cost import PriceTable, Workload, api_cost, local_cost
 from agentic.errors import ConfigError
 
-GUIDE = Workload(requests=100, input_tokens=500, output_tokens=500)
+GUIDE = Workload.uniform(requests=100, input_tokens=500, output_tokens=500)
 
 
 def _flat_table(tmp_path: Path, price: float) -> PriceTable:

@@ -1,4 +1,4 @@
-"""The `agentic` command: `agentic config | generate | serve | cost | doctor`."""
+"""The `agentic` command: `agentic config | generate | analyze | serve | cost | doctor`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar, cast
 import typer
 
 from .config import Settings, load_settings
-from .cost import PriceTable, Workload, api_cost, local_cost
+from .cost import CostLine, PriceTable, Workload, compare
 from .errors import AgenticError
 from .ml.model_factory import create_model_manager, describe_configuration
 
@@ -105,31 +105,107 @@ def serve(
 
 
 @app.command()
+def analyze(
+    ideas: Annotated[Path, typer.Argument(help="CSV with a title,description header, or JSONL of such objects.")],
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: runs/<file name>).")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, help="Ideas in flight at once (default: MODEL_PARALLEL, or API_REMOTE_CONCURRENCY on openai).")] = None,
+    retries: Annotated[int, typer.Option(min=0, help="Extra attempts when an answer does not match its schema.")] = 2,
+    retry_failed: Annotated[bool, typer.Option(help="Run again the ideas that failed in an earlier run.")] = False,
+    hardware_per_hour: Annotated[float, typer.Option(
+        min=0.0, help="What an hour of this machine costs, $ (for the local backends' cost in the report).")] = 0.0,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No log lines.")] = False,
+) -> None:
+    """Triage every idea with the light model and analyze it with the heavy one; write results and a report.
+
+    Results are appended to OUT/results.jsonl as each idea finishes: after Ctrl-C or a crash, run the
+    same command again and it goes on with the ideas not done yet.
+    """
+    from .ideas.report import build_report
+    from .ideas.runner import analyze_file
+
+    _setup_logging(quiet)
+    out_dir = out or Path("runs") / ideas.stem
+
+    def run() -> None:
+        manager = create_model_manager(load_settings())
+        try:
+            summary = analyze_file(manager, ideas, out_dir, concurrency=concurrency, retry_failed=retry_failed,
+                                   show_progress=progress, retries=retries)
+        finally:
+            manager.close()
+        for problem in summary.problems:
+            typer.secho(problem, fg=typer.colors.YELLOW, err=True)
+        done = summary.ok + summary.failed
+        if summary.skipped:
+            typer.echo(f"{summary.skipped} of {summary.ideas} ideas were already done in {out_dir / 'results.jsonl'} "
+                       "(skipped; --retry-failed runs the failed ones again)")
+        if done:
+            typer.echo(f"{done} ideas analyzed: {summary.ok} ok, {summary.failed} failed, in {summary.wall_s:.1f} s; "
+                       f"{summary.prompt_tokens:,} prompt + {summary.completion_tokens:,} completion tokens "
+                       f"({summary.tokens_per_second:.1f} completion tokens/s)")
+        if summary.interrupted:
+            typer.secho(f"Interrupted: {done} finished ideas are saved in {out_dir / 'results.jsonl'}; run the "
+                        "same command again to go on.", fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(130)
+        report = build_report(out_dir, PriceTable.load(), hardware_per_hour)
+        typer.echo(f"Report: {report.html} (also {report.markdown.name}, results.jsonl, usage.db in {out_dir})")
+        if summary.ideas and not summary.ok and not summary.skipped:
+            raise typer.Exit(1)
+
+    _run(run)
+
+
+@app.command()
 def cost(
     requests: Annotated[int, typer.Option(min=1, help="Number of calls.")] = 100,
     input_tokens: Annotated[int, typer.Option(min=0, help="Prompt tokens per call.")] = 500,
     output_tokens: Annotated[int, typer.Option(min=0, help="Completion tokens per call.")] = 500,
+    from_dir: Annotated[Path | None, typer.Option(
+        "--from", help="Price a finished `agentic analyze` run (its usage.db) instead of a scenario.")] = None,
     prices: Annotated[Path | None, typer.Option(help="Price table JSON (default: the shipped, dated one).")] = None,
     tokens_per_second: Annotated[float | None, typer.Option(
-        help="Measured output tokens/s of the local backends (e.g. from `make bench`).")] = None,
+        help="Output tokens/s of the local backends (e.g. from `make bench`) where no run measured it.")] = None,
     hardware_per_hour: Annotated[float, typer.Option(min=0.0, help="What an hour of the local machine costs, $.")]
     = 0.0,
 ) -> None:
     """Cost of a workload on every backend side by side (default: the guide's 100 x 500 in / 500 out)."""
     table = _run(lambda: PriceTable.load(prices))
-    workload = Workload(requests, input_tokens, output_tokens)
-    lines = [api_cost(model, workload, table) for model in table.prices]
-    lines += [local_cost(backend, label, workload, tokens_per_second, hardware_per_hour)
-              for backend, label in (("llama_cpp", "MODEL_7B_PATH / MODEL_1B_PATH"),
-                                     ("transformers_gpu", "GPU_HEAVY_MODEL / GPU_LIGHT_MODEL"))]
-    typer.echo(f"{requests} requests x ({input_tokens} in + {output_tokens} out) tokens = "
-               f"{workload.total_input:,} input + {workload.total_output:,} output tokens")
+    if from_dir is not None:
+        lines = _run(lambda: _run_costs(from_dir, table, hardware_per_hour, tokens_per_second))
+    else:
+        workload = Workload.uniform(requests, input_tokens, output_tokens)
+        typer.echo(f"{requests} requests x ({input_tokens} in + {output_tokens} out) tokens = "
+                   f"{workload.total_input:,} input + {workload.total_output:,} output tokens")
+        lines = compare(workload, table, hardware_per_hour, tokens_per_second=tokens_per_second)
     typer.echo(f"Prices: {table.source}\n")
     typer.echo(f"{'backend':<17}{'model':<34}{'input $':>10}{'output $':>10}{'total $':>10}  how")
     for line in lines:
         money = [f"{value:10.4f}" if value is not None else f"{'n/a':>10}"
                  for value in (line.input_cost, line.output_cost, line.total)]
         typer.echo(f"{line.backend:<17}{line.model:<34}{''.join(money)}  {line.note}")
+
+
+def _run_costs(out_dir: Path, table: PriceTable, hardware_per_hour: float,
+               tokens_per_second: float | None) -> list[CostLine]:
+    """Print what a finished run used; return its cost on every backend."""
+    from .errors import ConfigError
+    from .ideas.report import cost_of_run
+
+    if not (out_dir / "usage.db").is_file():
+        raise ConfigError(f"--from {str(out_dir)!r}: no usage.db there. Give the output directory of "
+                          "`agentic analyze` (default runs/<file name>).", param="--from")
+    totals, measured, lines = cost_of_run(out_dir, table, hardware_per_hour, tokens_per_second)
+    calls = sum(t.calls for t in totals)
+    typer.echo(f"Run in {out_dir}: {calls} calls, {sum(t.prompt_tokens for t in totals):,} input + "
+               f"{sum(t.completion_tokens for t in totals):,} output tokens")
+    for t in totals:
+        typer.echo(f"  {t.backend} {t.tier} ({t.model}): {t.calls} calls, {t.prompt_tokens:,} in + "
+                   f"{t.completion_tokens:,} out, {t.call_seconds:.1f} s in calls")
+    for backend, rate in measured.items():
+        typer.echo(f"  measured on {backend}: {rate:.1f} output tokens/s over the run's wall time")
+    return lines
 
 
 @app.command()

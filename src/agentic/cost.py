@@ -14,24 +14,23 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["CostLine", "PriceTable", "Workload", "api_cost", "local_cost"]
+__all__ = ["LOCAL_BACKENDS", "CostLine", "PriceTable", "Workload", "api_cost", "compare", "local_cost"]
+
+LOCAL_BACKENDS = {"llama_cpp": "MODEL_7B_PATH / MODEL_1B_PATH", "transformers_gpu": "GPU_HEAVY_MODEL / GPU_LIGHT_MODEL"}
 
 
 @dataclass(frozen=True)
 class Workload:
-    """`requests` calls of `input_tokens` in and `output_tokens` out each."""
+    """`requests` calls with `total_input` prompt and `total_output` completion tokens in all."""
 
     requests: int
-    input_tokens: int
-    output_tokens: int
+    total_input: int
+    total_output: int
 
-    @property
-    def total_input(self) -> int:
-        return self.requests * self.input_tokens
-
-    @property
-    def total_output(self) -> int:
-        return self.requests * self.output_tokens
+    @classmethod
+    def uniform(cls, requests: int, input_tokens: int, output_tokens: int) -> Workload:
+        """`requests` calls of `input_tokens` in and `output_tokens` out each (the guide's scenario)."""
+        return cls(requests, requests * input_tokens, requests * output_tokens)
 
 
 @dataclass(frozen=True)
@@ -87,12 +86,32 @@ def api_cost(model: str, workload: Workload, table: PriceTable) -> CostLine:
 
 
 def local_cost(backend: str, model: str, workload: Workload, tokens_per_second: float | None,
-               hardware_per_hour: float) -> CostLine:
-    """Time on the machine at the measured generation speed, times what an hour of it costs."""
+               hardware_per_hour: float, measured: bool = False) -> CostLine:
+    """Time on the machine at the given generation speed, times what an hour of it costs.
+
+    `measured` = the speed is a finished run's output tokens over its wall time (prompt processing and
+    waiting included); otherwise it is the user's figure and prompt time is not counted.
+    """
     if tokens_per_second is None or tokens_per_second <= 0:
         return CostLine(backend, model, None, None, "no throughput measurement: pass --tokens-per-second "
                         "(from `make bench` or a finished run)")
     hours = workload.total_output / tokens_per_second / 3600
+    how = "measured in this run, prompt time included" if measured else "prompt time not counted"
     return CostLine(backend, model, 0.0, hours * hardware_per_hour,
-                    f"{hours * 60:.1f} min at {tokens_per_second:g} output tokens/s x ${hardware_per_hour:g}/h "
-                    "(prompt time not counted)")
+                    f"{hours * 60:.1f} min at {tokens_per_second:.3g} output tokens/s x ${hardware_per_hour:g}/h "
+                    f"({how})")
+
+
+def compare(workload: Workload, table: PriceTable, hardware_per_hour: float,
+            measured: dict[str, float] | None = None, tokens_per_second: float | None = None) -> list[CostLine]:
+    """The workload on every priced API model and every local backend.
+
+    A local backend's speed is its `measured` figure (a finished run) when there is one, else
+    `tokens_per_second` (the user's), else it is reported as unmeasured.
+    """
+    measured = measured or {}
+    lines = [api_cost(model, workload, table) for model in table.prices]
+    for backend, label in LOCAL_BACKENDS.items():
+        speed = measured.get(backend, tokens_per_second)
+        lines.append(local_cost(backend, label, workload, speed, hardware_per_hour, backend in measured))
+    return lines

@@ -9,6 +9,7 @@ __all__ = [
     "ConfigError",
     "ContextLengthExceededError",
     "InvalidAPIKeyError",
+    "InvalidOutputError",
     "InvalidRequestError",
     "ModelFileNotFoundError",
     "ModelLoadError",
@@ -142,6 +143,14 @@ class UpstreamTimeoutError(UpstreamError):
 
     status_code = 504
     code = "upstream_timeout"
+
+
+class InvalidOutputError(AgenticError):
+    """The model's answer did not match the requested JSON schema on any attempt."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "invalid_model_output"
 
 
 class OutOfMemoryError(AgenticError):

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings, apply_gpu_environment
-from ..errors import BackendNotInstalledError, InvalidRequestError, ModelNotAvailableError, OutOfMemoryError
+from ..errors import BackendNotInstalledError, ModelNotAvailableError, OutOfMemoryError
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
 from .chat_templates import ChatTemplate, fallback_template
 from .default_model import EMBEDDED_LABEL, embedded_model_path
+from .structured import JsonConstraint, JsonGrammars
 from .transformers_engine import TransformersBatcher
 
 __all__ = ["GPUModelManager", "TransformersModel"]
@@ -78,6 +80,8 @@ class TransformersModel(Model):
         # A turn end such as Gemma's <end_of_turn> is one special token that decoding hides: stop on its id.
         vocab = tokenizer.get_vocab()
         self.end_tokens |= {vocab[stop] for stop in self.template.stop if stop in vocab}
+        self._grammars: JsonGrammars | None = None
+        self._grammars_lock = threading.Lock()
         self.batcher: TransformersBatcher | None = None
         if settings.model_parallel > 1:
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -100,12 +104,20 @@ class TransformersModel(Model):
         ids = self.tokenizer(text, add_special_tokens=add_special).input_ids
         return self._generate(ids, replace(params, stop=params.stop + self.template.stop), "messages")
 
+    def _constraint(self, params: GenerationParams) -> JsonConstraint | None:
+        """The grammar that keeps this generation to response_format's JSON (None: free text)."""
+        schema = params.json_schema
+        if schema is None:
+            return None
+        with self._grammars_lock:  # the tokenizer's grammar tables take ~2 s to build: once, on first use
+            if self._grammars is None:
+                vocab = max(int(self.model.config.vocab_size), len(self.tokenizer))
+                self._grammars = JsonGrammars(self.tokenizer, vocab, self.end_tokens)
+        return self._grammars.constraint(schema)
+
     def _generate(self, ids: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:
-        if params.json_schema is not None:
-            raise InvalidRequestError("response_format json_object / json_schema is not supported on the "
-                                      "transformers_gpu backend yet; use llama_cpp or openai for structured output.",
-                                      param="response_format")
         check_context(len(ids), self.context_size, what)
+        constraint = self._constraint(params)
         room = self.context_size - len(ids)
         stream = TokenTextStream(
             detokenize=_IncrementalText(self.tokenizer), is_end=self.end_tokens.__contains__,
@@ -113,9 +125,9 @@ class TransformersModel(Model):
         )
         if self.batcher is not None:
             tokens = self.batcher.generate(ids, params.token_limit(room), params.temperature, params.top_p,
-                                           params.seed)
+                                           params.seed, constraint)
         else:
-            tokens = self._tokens(ids, params)
+            tokens = self._tokens(ids, params, constraint)
         return stream.run(self._out_of_memory_guard(tokens))
 
     def _out_of_memory_guard(self, tokens: Iterator[int]) -> Iterator[int]:
@@ -124,7 +136,7 @@ class TransformersModel(Model):
         except self._torch.cuda.OutOfMemoryError:
             raise OutOfMemoryError(OOM_HELP.format(what="generating")) from None
 
-    def _tokens(self, ids: list[int], params: GenerationParams) -> Iterator[int]:
+    def _tokens(self, ids: list[int], params: GenerationParams, constraint: JsonConstraint | None) -> Iterator[int]:
         torch = self._torch
         generator = torch.Generator(device=self.device)
         generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
@@ -133,7 +145,12 @@ class TransformersModel(Model):
             with torch.inference_mode():
                 out = self.model(input_ids=step, past_key_values=past, use_cache=True, logits_to_keep=1)
                 past = out.past_key_values
-                token = self._sample(out.logits[0, -1].float(), params.temperature, params.top_p, generator)
+                logits = out.logits[0, -1].float()
+                if constraint is not None:
+                    constraint.mask(logits)
+                token = self._sample(logits, params.temperature, params.top_p, generator)
+                if constraint is not None:
+                    constraint.accept(token)
             yield token
             step = torch.tensor([[token]], device=self.device)
 

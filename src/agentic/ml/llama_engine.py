@@ -52,8 +52,57 @@ class _Sequence:
     generated: int = 0
     last_token: int = -1
     sampler: Any = None
+    grammar: _Grammar | None = None
     cancelled: bool = False
     error: BaseException | None = None
+
+
+class _Grammar:
+    """response_format's grammar, checked against the sampled token first.
+
+    Masking all 262k candidates of a vocabulary costs ~50 ms per token on a CPU, so, as llama.cpp's own
+    common sampler does, the sequence samples freely, the grammar judges that one token, and only when
+    it refuses it are the full logits masked and sampled again.
+    """
+
+    def __init__(self, lib: Any, vocab: Any, text: str, root: str) -> None:
+        self._lib = lib
+        self.sampler = lib.llama_sampler_init_grammar(vocab, text.encode(), root.encode())
+        if not self.sampler:
+            raise InvalidRequestError("llama.cpp could not compile the grammar for response_format.",
+                                      param="response_format")
+        self._n_vocab = lib.llama_vocab_n_tokens(vocab)
+        self._one = (lib.llama_token_data * 1)()
+        self._all: Any = None  # the whole vocabulary's candidates, allocated on the first refusal
+
+    def sample(self, chain: Any, ctx: Any, index: int) -> int:
+        lib = self._lib
+        token = lib.llama_sampler_sample(chain, ctx, index)
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        single = lib.llama_token_data_array(self._one, 1, -1, False)
+        lib.llama_sampler_apply(self.sampler, ctypes.byref(single))
+        if self._one[0].logit == float("-inf"):
+            token = self._resample(chain, ctx, index)
+        lib.llama_sampler_accept(self.sampler, token)
+        return token
+
+    def _resample(self, chain: Any, ctx: Any, index: int) -> int:
+        import numpy as np
+
+        lib, n = self._lib, self._n_vocab
+        if self._all is None:
+            self._all = (lib.llama_token_data * n)()
+            self._view = np.frombuffer(self._all, dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
+        self._view["id"] = np.arange(n, dtype=np.int32)
+        self._view["logit"] = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), shape=(n,))
+        self._view["p"] = 0.0
+        candidates = lib.llama_token_data_array(self._all, n, -1, False)
+        lib.llama_sampler_apply(self.sampler, ctypes.byref(candidates))
+        lib.llama_sampler_apply(chain, ctypes.byref(candidates))
+        return int(self._view["id"][candidates.selected])
+
+    def close(self) -> None:
+        self._lib.llama_sampler_free(self.sampler)
 
 
 class BatchEngine:
@@ -171,7 +220,12 @@ class BatchEngine:
                 continue
             try:
                 sequence.sampler = self._make_sampler(sequence.sampling)
+                if sequence.sampling.grammar is not None:
+                    sequence.grammar = _Grammar(self._lib, self._vocab, *sequence.sampling.grammar)
             except InvalidRequestError as exc:
+                if sequence.sampler is not None:
+                    self._lib.llama_sampler_free(sequence.sampler)
+                    sequence.sampler = None
                 sequence.error = exc
                 sequence.tokens.put(_END)
                 continue
@@ -196,6 +250,9 @@ class BatchEngine:
         if sequence.sampler is not None:
             self._lib.llama_sampler_free(sequence.sampler)
             sequence.sampler = None
+        if sequence.grammar is not None:
+            sequence.grammar.close()
+            sequence.grammar = None
         sequence.tokens.put(_END)
 
     def _step(self, running: list[_Sequence]) -> None:
@@ -227,7 +284,10 @@ class BatchEngine:
             for sequence, index in outputs:
                 if sequence.cancelled:
                     continue
-                token = lib.llama_sampler_sample(sequence.sampler, self._ctx, index)
+                if sequence.grammar is not None:
+                    token = sequence.grammar.sample(sequence.sampler, self._ctx, index)
+                else:
+                    token = lib.llama_sampler_sample(sequence.sampler, self._ctx, index)
                 sequence.generated += 1
                 sequence.last_token = token
                 sequence.tokens.put(token)
@@ -246,14 +306,6 @@ class BatchEngine:
     def _make_sampler(self, spec: SamplingSpec) -> Any:
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if spec.grammar is not None:
-            text, root = spec.grammar
-            grammar = lib.llama_sampler_init_grammar(self._vocab, text.encode(), root.encode())
-            if not grammar:
-                lib.llama_sampler_free(chain)
-                raise InvalidRequestError("llama.cpp could not compile the grammar for response_format.",
-                                          param="response_format")
-            lib.llama_sampler_chain_add(chain, grammar)
         if spec.temperature == 0:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
             return chain

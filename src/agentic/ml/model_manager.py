@@ -37,6 +37,20 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
+def _ranges_as_enums(schema: Any) -> Any:
+    """llama.cpp's schema converter ignores integer minimum/maximum: spell a small range out as an enum."""
+    if isinstance(schema, list):
+        return [_ranges_as_enums(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _ranges_as_enums(value) for key, value in schema.items()}
+    low, high = out.get("minimum"), out.get("maximum")
+    if (out.get("type") == "integer" and "enum" not in out and isinstance(low, int) and isinstance(high, int)
+            and 0 <= high - low <= 1000):
+        out["enum"] = list(range(low, high + 1))
+    return out
+
+
 def resolve_gguf_path(settings: Settings, field: str) -> ModelSpec:
     """The GGUF file a tier uses: the configured path, or the embedded model when none is set."""
     path: Path = getattr(settings, field)
@@ -157,7 +171,7 @@ class LlamaCppModel(Model):
         try:
             if not schema:
                 return grammar_module.LlamaGrammar.from_string(grammar_module.JSON_GBNF, verbose=False)
-            return grammar_module.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            return grammar_module.LlamaGrammar.from_json_schema(json.dumps(_ranges_as_enums(schema)), verbose=False)
         except (AssertionError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # the converter asserts
             raise InvalidRequestError(f"response_format's JSON schema cannot be enforced by llama.cpp: {exc}",
                                       param="response_format") from None

@@ -56,6 +56,7 @@ class OpenAIChatModel(Model):
 
     def __init__(self, client: Any, name: str, settings: Settings) -> None:
         super().__init__(name, 0)
+        self.parallel = settings.api_remote_concurrency  # `with lock:` callers send this many requests at once
         self.client = client
         self._openai = _import_openai()
         self._secret = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None

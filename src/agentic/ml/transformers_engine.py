@@ -33,6 +33,7 @@ class _Row:
     temperature: float
     top_p: float
     seed: int | None
+    constraint: Any = None  # a JsonConstraint for response_format, or None
     tokens: queue.Queue[int | BaseException] = field(default_factory=queue.Queue)
     generated: int = 0
     done: bool = False
@@ -57,9 +58,9 @@ class TransformersBatcher:
         atexit.register(self.close)  # stop the worker before torch is torn down at exit
 
     def generate(self, prompt: list[int], limit: int, temperature: float, top_p: float,
-                 seed: int | None) -> Iterator[int]:
+                 seed: int | None, constraint: Any = None) -> Iterator[int]:
         """Token ids of one request as they are sampled; closing the iterator ends its row."""
-        row = _Row(list(prompt), limit, temperature, top_p, seed)
+        row = _Row(list(prompt), limit, temperature, top_p, seed, constraint)
         with self._wake:
             self._waiting.append(row)
             self._wake.notify()
@@ -127,7 +128,11 @@ class TransformersBatcher:
             for index, row in enumerate(rows):
                 token = self.pad_token
                 if not (row.done or row.cancelled):
+                    if row.constraint is not None:
+                        row.constraint.mask(logits[index])
                     token = self._sample(logits[index], row.temperature, row.top_p, generators[index])
+                    if row.constraint is not None:
+                        row.constraint.accept(token)
                     row.generated += 1
                     row.tokens.put(token)
                     row.done = token in self.end_tokens or row.generated >= row.limit

@@ -1,0 +1,1 @@
+"""The reference application: business ideas triaged by the light tier and analyzed by the heavy tier."""
