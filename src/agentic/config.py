@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     openai_max_retries: int = _field(
         2, "OPENAI_MAX_RETRIES", "Retries with backoff on 429, 5xx and connection errors.", ge=0, le=20
     )
+    openai_response_format: Literal["auto", "json_schema", "json_object"] = _field(
+        "auto", "OPENAI_RESPONSE_FORMAT",
+        "How a JSON schema is sent: json_schema (OpenAI's structured outputs), json_object with a 'schema' "
+        "field (llama.cpp's server), or auto (json_schema, switching to json_object once a server refuses it)."
+    )
 
     gpu_heavy_model: str | None = _field(
         None, "GPU_HEAVY_MODEL",

@@ -32,11 +32,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import Settings, effective_values, load_settings
 from ..errors import AgenticError, InvalidRequestError, ModelNotFoundError, ServerBusyError
+from ..ideas.analyzer import ANALYSIS_SYSTEM, TRIAGE_SYSTEM, CallRecord, IdeaAnalyzer, analysis_prompt, idea_prompt
+from ..ideas.schemas import Analysis, Triage
 from ..ml.base import BaseModelManager, Model
 from ..ml.model_factory import create_model_manager
 from .metrics import Metrics
 from .runtime import ModelGate, iterate_in_thread
-from .schemas import ChatCompletionRequest, CompletionRequest
+from .schemas import ChatCompletionRequest, CompletionRequest, IdeaRequest
 from .security import BodyLimit, check_bearer, check_bind_address
 
 __all__ = ["ServerState", "create_app", "main", "serve"]
@@ -257,6 +259,37 @@ def _add_routes(app: FastAPI, state: ServerState, auth: Any) -> None:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _answer(state, "completions", body.model, body.max_tokens, body.stream, include_usage, call,
                              prompts[0])
+
+    @app.post("/v1/ideas/analyze", dependencies=[auth], summary="One business idea: light triage, heavy analysis")
+    async def analyze_idea(body: IdeaRequest) -> JSONResponse:
+        calls: list[CallRecord] = []
+        analyzer = IdeaAnalyzer(state.manager, retries=body.retries)
+        idea_text = idea_prompt(body.title, body.description)
+        started, request_id = time.perf_counter(), uuid.uuid4().hex[:12]
+
+        async def on_tier(tier: str, system: str, text: str, schema: type[Triage] | type[Analysis]) -> Any:
+            gate, labels = state.gates[tier], state.labels(tier)
+            await gate.acquire()
+            try:
+                await state.model(tier)
+                return await asyncio.to_thread(analyzer.structured, request_id, tier, system, text, schema, calls)
+            except AgenticError as exc:
+                state.metrics.errors.labels(**labels, code=exc.code or exc.error_type).inc()
+                _record(state, labels, "ideas", exc.status_code, None, started, request_id, started)
+                raise
+            finally:
+                gate.release()
+
+        triage = await on_tier("light", TRIAGE_SYSTEM, idea_text, Triage)
+        analysis = await on_tier("heavy", ANALYSIS_SYSTEM, analysis_prompt(idea_text, triage), Analysis)
+        usage = {"prompt_tokens": sum(c.prompt_tokens for c in calls),
+                 "completion_tokens": sum(c.completion_tokens for c in calls)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        _record(state, state.labels("heavy"), "ideas", 200, usage, started, request_id, started)
+        return JSONResponse({"id": f"idea-{request_id}", "object": "idea.analysis", "backend": state.manager.backend,
+                             "models": {tier: state.manager.specs[tier].name for tier in TIERS},
+                             "triage": triage.model_dump(), "analysis": analysis.model_dump(),
+                             "attempts": len(calls), "usage": usage}, headers={"x-request-id": request_id})
 
     @app.get("/v1/models", dependencies=[auth], summary="The tiers and their real model names")
     async def models() -> dict[str, Any]:

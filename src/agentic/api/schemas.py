@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ChatCompletionRequest", "ChatMessage", "CompletionRequest", "StreamOptions"]
+__all__ = ["ChatCompletionRequest", "ChatMessage", "CompletionRequest", "IdeaRequest", "StreamOptions"]
 
 
 class StreamOptions(BaseModel):
@@ -68,3 +68,13 @@ class CompletionRequest(_SamplingRequest):
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1, description="Most tokens to generate (OpenAI's default is 16).")
     echo: bool = False
+
+
+class IdeaRequest(BaseModel):
+    """POST /v1/ideas/analyze: one business idea."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=200)
+    description: str = Field(min_length=1, max_length=4000)
+    retries: int = Field(2, ge=0, le=5, description="Extra attempts when an answer does not match its schema.")

@@ -14,7 +14,7 @@ from ..errors import AgenticError, InvalidOutputError, InvalidRequestError
 from ..ml.base import BaseModelManager
 from .schemas import Analysis, Idea, IdeaResult, Triage, response_format
 
-__all__ = ["CallRecord", "IdeaAnalyzer"]
+__all__ = ["ANALYSIS_SYSTEM", "TRIAGE_SYSTEM", "CallRecord", "IdeaAnalyzer", "analysis_prompt", "idea_prompt"]
 
 _log = logging.getLogger(__name__)
 S = TypeVar("S", bound=BaseModel)
@@ -29,6 +29,16 @@ ANALYSIS_SYSTEM = (
     "score (a whole number from 1, poor, to 10, excellent), verdict (pursue, refine or drop) and reason "
     "(why, in one sentence)."
 )
+
+
+def idea_prompt(title: str, description: str) -> str:
+    """The user message the light tier triages."""
+    return f"Title: {title}\nDescription: {description}"
+
+
+def analysis_prompt(idea_text: str, triage: Triage) -> str:
+    """The user message the heavy tier analyzes: the idea and its triage."""
+    return f"{idea_text}\nTriage: {triage.model_dump_json()}"
 
 
 @dataclass(frozen=True)
@@ -66,11 +76,10 @@ class IdeaAnalyzer:
         result = IdeaResult(id=idea.id, status="failed", idea=idea, backend=self.manager.backend,
                             models={tier: spec.name for tier, spec in self.manager.specs.items()})
         try:
-            idea_text = f"Title: {idea.title}\nDescription: {idea.description}"
+            idea_text = idea_prompt(idea.title, idea.description)
             result.triage = self.structured(idea.id, "light", TRIAGE_SYSTEM, idea_text, Triage, calls)
-            triage = result.triage.model_dump_json()
             result.analysis = self.structured(idea.id, "heavy", ANALYSIS_SYSTEM,
-                                              f"{idea_text}\nTriage: {triage}", Analysis, calls)
+                                              analysis_prompt(idea_text, result.triage), Analysis, calls)
             result.status = "ok"
         except AgenticError as exc:
             result.error = exc.message

@@ -61,6 +61,7 @@ class OpenAIChatModel(Model):
         self._openai = _import_openai()
         self._secret = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         self._url = settings.openai_base_url or OFFICIAL_API
+        self._schema_mode: str = settings.openai_response_format
 
     def _complete(self, prompt: str, params: GenerationParams) -> Iterator[Delta]:
         return self._chat([{"role": "user", "content": prompt}], params)
@@ -79,12 +80,35 @@ class OpenAIChatModel(Model):
         if params.seed is not None:
             request["seed"] = params.seed
         if params.response_format is not None:
-            request["response_format"] = params.response_format
+            request["response_format"] = self._response_format(params)
         try:
-            answer = self.client.chat.completions.create(**request)
+            try:
+                answer = self.client.chat.completions.create(**request)
+            except self._openai.APIStatusError as exc:
+                if not self._refuses_json_schema(exc, request):
+                    raise
+                _log.warning("%s refused response_format json_schema (%s): sending json_object with the schema "
+                             "from now on (OPENAI_RESPONSE_FORMAT=json_object skips this probe)", self._url,
+                             exc.status_code)
+                self._schema_mode = "json_object"
+                request["response_format"] = self._response_format(params)
+                answer = self.client.chat.completions.create(**request)
         except self._openai.APIError as exc:
             raise self.translate(exc) from None
         return self._read(answer) if params.stream else self._whole(answer)
+
+    def _response_format(self, params: GenerationParams) -> dict[str, Any]:
+        """response_format as this server takes it: OpenAI's json_schema, or llama.cpp's json_object + schema."""
+        schema = params.json_schema
+        if self._schema_mode != "json_object" or not schema:
+            return dict(params.response_format or {})
+        return {"type": "json_object", "schema": schema}
+
+    def _refuses_json_schema(self, exc: Any, request: dict[str, Any]) -> bool:
+        """A server without structured outputs rejects the json_schema type (llama.cpp's says so with a 500)."""
+        sent = request.get("response_format") or {}
+        return (self._schema_mode == "auto" and sent.get("type") == "json_schema" and exc.status_code in {400, 422, 500}
+                and "json_schema" in str(getattr(exc, "message", exc)))
 
     def _whole(self, answer: Any) -> Iterator[Delta]:
         """A non-streamed answer: one delta with the server's own usage counts."""

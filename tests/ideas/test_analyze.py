@@ -1,0 +1,181 @@
+"""The analysis on real models: schema-valid JSON from every backend, retries, resume, the API route."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agentic.api.app import create_app
+from agentic.ideas.analyzer import TRIAGE_SYSTEM, CallRecord, IdeaAnalyzer, idea_prompt
+from agentic.ideas.schemas import Analysis, Idea, Triage, response_format
+from agentic.ml.base import BaseModelManager
+from agentic.ml.gpu_model_manager import GPUModelManager
+from agentic.ml.model_manager import ModelManager
+from agentic.ml.openai_model_manager import OpenAIModelManager
+from conftest import REPO_ROOT, make_settings
+
+IDEA = Idea(title="Dog bakery subscription", description="Monthly boxes of fresh dog treats delivered to the door.")
+SCORE = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 10}},
+         "required": ["score"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def llama() -> Iterator[ModelManager]:
+    with ModelManager(make_settings(model_n_threads=2)) as manager:
+        yield manager
+
+
+def _scores(manager: BaseModelManager, samples: int) -> list[int]:
+    """Sampled at temperature 1.5: without the grammar the base model writes prose or any number."""
+    model, _ = manager.get(heavy=True)
+    values = []
+    for seed in range(samples):
+        answer = model.create_chat_completion(
+            messages=[{"role": "user", "content": "Score this idea from 1 to 10 in JSON: a dog bakery."}],
+            max_tokens=20, temperature=1.5, seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": SCORE}})
+        values.append(json.loads(answer["choices"][0]["message"]["content"])["score"])  # type: ignore[index]
+    return values
+
+
+def test_llama_cpp_analysis_is_schema_valid_json(llama: ModelManager) -> None:
+    model, _ = llama.get(heavy=True)
+    answer = model.create_chat_completion(
+        messages=[{"role": "user", "content": idea_prompt(IDEA.title, IDEA.description)}], max_tokens=700,
+        temperature=1.0, seed=3, response_format=response_format(Analysis))
+    Analysis.model_validate_json(answer["choices"][0]["message"]["content"])  # type: ignore[index]
+
+
+def test_llama_cpp_keeps_integers_in_range(llama: ModelManager) -> None:
+    assert all(1 <= score <= 10 for score in _scores(llama, 6))
+
+
+def test_llama_cpp_serial_path_keeps_integers_in_range() -> None:
+    with ModelManager(make_settings(model_n_threads=2, model_parallel=1)) as manager:
+        assert all(1 <= score <= 10 for score in _scores(manager, 3))
+
+
+@pytest.mark.slow
+def test_transformers_structured_output_by_constrained_decoding() -> None:
+    with GPUModelManager(make_settings(model_backend="transformers_gpu")) as manager:
+        triage = IdeaAnalyzer(manager, retries=0).structured(
+            IDEA.id, "light", TRIAGE_SYSTEM, idea_prompt(IDEA.title, IDEA.description), Triage)
+        assert isinstance(triage, Triage)
+        assert all(1 <= score <= 10 for score in _scores(manager, 3))
+
+
+@pytest.mark.slow
+def test_openai_backend_structured_output_on_llama_cpp_server(
+    llama_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(model_backend="openai", openai_base_url=llama_server, openai_heavy_model="gemma",
+                             openai_light_model="gemma", openai_max_retries=0)
+    calls: list[CallRecord] = []
+    with OpenAIModelManager(settings) as manager, caplog.at_level(logging.WARNING):
+        result = IdeaAnalyzer(manager, retries=0, on_call=calls.append).analyze(IDEA)
+    assert result.status == "ok", result.error
+    assert isinstance(result.analysis, Analysis) and 1 <= result.analysis.score <= 10
+    # llama_cpp.server has no json_schema type: the backend switched to its json_object + schema once.
+    assert sum("refused response_format json_schema" in r.getMessage() for r in caplog.records) == 1
+    assert [(c.tier, c.ok) for c in calls] == [("light", True), ("heavy", True)]
+    assert all(c.prompt_tokens > 0 and c.completion_tokens > 0 for c in calls)
+
+
+def test_invalid_output_is_retried_then_recorded_as_a_failure(llama: ModelManager) -> None:
+    calls: list[CallRecord] = []
+    analyzer = IdeaAnalyzer(llama, retries=1, analysis_tokens=8, on_call=calls.append)  # too few tokens for JSON
+    result = analyzer.analyze(IDEA)
+    assert result.status == "failed" and result.triage is not None and result.analysis is None
+    assert result.error is not None and "2 attempts" in result.error and "max_tokens" in result.error
+    assert [(c.tier, c.attempt, c.ok) for c in calls] == [("light", 1, True), ("heavy", 1, False), ("heavy", 2, False)]
+    assert result.completion_tokens == sum(c.completion_tokens for c in calls) > 16
+
+
+def _analyze(ideas: Path, out: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "MODEL_N_THREADS": "2", "MODEL_CONTEXT_SIZE": "2048", "MODEL_PARALLEL": "2"}
+    return subprocess.Popen([sys.executable, "-m", "agentic.cli", "analyze", str(ideas), "--out", str(out),
+                             "--no-progress", "--concurrency", "2"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _complete_lines(path: Path) -> list[dict[str, object]]:
+    lines = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # cut short by the kill
+    return lines
+
+
+def _stop_after(process: subprocess.Popen[str], results: Path, lines: int, sig: signal.Signals) -> str:
+    deadline = time.monotonic() + 240
+    while len(_complete_lines(results)) < lines and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(sig)
+    output, _ = process.communicate(timeout=60)
+    return output
+
+
+@pytest.mark.slow
+def test_interrupted_and_killed_runs_resume_with_each_idea_exactly_once(tmp_path: Path) -> None:
+    ideas = tmp_path / "ideas.csv"
+    sample = (REPO_ROOT / "examples" / "business_ideas.csv").read_text().splitlines()
+    ideas.write_text("\n".join(sample[:7]) + "\n")  # header + 6 ideas
+    out, results = tmp_path / "out", tmp_path / "out" / "results.jsonl"
+
+    first = _analyze(ideas, out)
+    output = _stop_after(first, results, 1, signal.SIGINT)  # Ctrl-C
+    assert first.returncode == 130, output
+    assert "Interrupted:" in output and "run the same command again" in output
+    after_first = len(_complete_lines(results))
+    assert 1 <= after_first < 6
+
+    second = _analyze(ideas, out)
+    _stop_after(second, results, after_first + 1, signal.SIGKILL)  # a crash
+    assert second.returncode == -signal.SIGKILL
+    after_second = len(_complete_lines(results))
+    assert after_first < after_second < 6
+
+    third = _analyze(ideas, out)
+    output, _ = third.communicate(timeout=300)
+    assert third.returncode == 0, output
+    assert f"{after_second} of 6 ideas were already done" in output
+    counts = Counter(str(line["id"]) for line in _complete_lines(results))
+    assert len(counts) == 6 and set(counts.values()) == {1}, counts
+    assert all(line["status"] in {"ok", "failed"} for line in _complete_lines(results))
+    assert (out / "report.html").is_file() and f"Report: {out / 'report.html'}" in output
+    import sqlite3
+
+    with sqlite3.connect(out / "usage.db") as db:
+        runs = db.execute("SELECT COUNT(*), COUNT(wall_s) FROM runs").fetchone()
+        calls = db.execute("SELECT COUNT(DISTINCT idea_id), MIN(prompt_tokens) FROM calls").fetchone()
+    assert runs == (3, 2)  # the killed run never finished
+    assert calls[0] >= 6 and calls[1] > 0
+
+
+async def test_ideas_route_returns_validated_analysis(llama: ModelManager) -> None:
+    app = create_app(make_settings(model_n_threads=2), llama)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        answer = await client.post("/v1/ideas/analyze", json={"title": IDEA.title, "description": IDEA.description},
+                                   timeout=120)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        Triage.model_validate(body["triage"])
+        Analysis.model_validate(body["analysis"])
+        assert body["backend"] == "llama_cpp" and body["usage"]["completion_tokens"] > 0
+        bad = await client.post("/v1/ideas/analyze", json={"title": "", "description": "x"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "title"
+        metrics = (await client.get("/metrics")).text
+        assert 'endpoint="ideas"' in metrics
