@@ -1,11 +1,12 @@
-# Two commands on a fresh machine: `make run` (set up + generate with the embedded model), `make test`.
+# Two commands on a fresh machine: `make run` (set up + analyze the sample ideas on the embedded model), `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU build of torch for tests and the transformers backend on CPU; on a GPU machine install the
 # CUDA build of your choice first (see README) and this pin is satisfied or skipped.
 TORCH_SPEC ?= torch==2.13.0
-PROMPT ?= Write one sentence about why local LLMs matter.
+IDEAS ?= examples/business_ideas.csv
+OUT ?= runs/business_ideas
 
 .PHONY: setup setup-dev run test lint bench clean
 
@@ -28,7 +29,7 @@ setup-dev: $(VENV)/.installed-dev
 
 run: setup
 	$(BIN)/agentic config
-	$(BIN)/agentic generate "$(PROMPT)"
+	$(BIN)/agentic analyze $(IDEAS) --out $(OUT)
 
 test: setup-dev
 	$(BIN)/python -m pytest

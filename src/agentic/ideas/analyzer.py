@@ -58,10 +58,14 @@ class CallRecord:
 
 
 class IdeaAnalyzer:
-    """Runs ideas through a manager's two tiers; `on_call` sees every call (usage logging, progress)."""
+    """Runs ideas through a manager's two tiers; `on_call` sees every call (usage logging, progress).
+
+    The token limits fit the schemas' longest answers even when a model spells a string out one token
+    per character (digits do that on Gemma's tokenizer).
+    """
 
     def __init__(self, manager: BaseModelManager, *, retries: int = 2, temperature: float = 0.2,
-                 triage_tokens: int = 200, analysis_tokens: int = 700,
+                 triage_tokens: int = 320, analysis_tokens: int = 1200,
                  on_call: Callable[[CallRecord], None] | None = None) -> None:
         self.manager = manager
         self.retries = retries

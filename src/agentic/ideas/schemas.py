@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = ["Analysis", "Idea", "IdeaResult", "Triage", "response_format"]
 
-Point = Annotated[str, StringConstraints(min_length=3, max_length=100)]
+Point = Annotated[str, StringConstraints(min_length=3, max_length=80)]
 
 
 class Idea(BaseModel):
@@ -39,13 +39,13 @@ class Analysis(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    market: str = Field(min_length=10, max_length=240, description="Market size and demand.")
-    competition: str = Field(min_length=10, max_length=240, description="Who else does this.")
+    market: str = Field(min_length=10, max_length=200, description="Market size and demand.")
+    competition: str = Field(min_length=10, max_length=200, description="Who else does this.")
     strengths: list[Point] = Field(min_length=1, max_length=3, description="Up to three strengths.")
     risks: list[Point] = Field(min_length=1, max_length=3, description="Up to three risks.")
     score: int = Field(ge=1, le=10, description="1 (poor) to 10 (excellent).")
     verdict: Literal["pursue", "refine", "drop"] = Field(description="What to do with the idea.")
-    reason: str = Field(min_length=10, max_length=200, description="Why, in one sentence.")
+    reason: str = Field(min_length=10, max_length=160, description="Why, in one sentence.")
 
 
 class IdeaResult(BaseModel):

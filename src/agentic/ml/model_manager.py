@@ -37,6 +37,10 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
+_STRING_CHAR = r'char ::= [^"\\] |'
+_JSON_STRING_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
 def _ranges_as_enums(schema: Any) -> Any:
     """llama.cpp's schema converter ignores integer minimum/maximum: spell a small range out as an enum."""
     if isinstance(schema, list):
@@ -171,7 +175,10 @@ class LlamaCppModel(Model):
         try:
             if not schema:
                 return grammar_module.LlamaGrammar.from_string(grammar_module.JSON_GBNF, verbose=False)
-            return grammar_module.LlamaGrammar.from_json_schema(json.dumps(_ranges_as_enums(schema)), verbose=False)
+            gbnf = grammar_module.json_schema_to_gbnf(json.dumps(_ranges_as_enums(schema)))
+            # The converter lets raw control characters (a newline) into strings, which JSON forbids.
+            gbnf = gbnf.replace(_STRING_CHAR, _JSON_STRING_CHAR)
+            return grammar_module.LlamaGrammar.from_string(gbnf, verbose=False)
         except (AssertionError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # the converter asserts
             raise InvalidRequestError(f"response_format's JSON schema cannot be enforced by llama.cpp: {exc}",
                                       param="response_format") from None
