@@ -37,7 +37,7 @@ SettingSource = Literal["default", ".env", "environment", "argument"]
 
 DEFAULT_MODEL_7B_PATH = Path("models/qwen-7b/qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf")
 DEFAULT_MODEL_1B_PATH = Path("models/qwen-1.5b/model.gguf")
-SECRET_FIELDS = frozenset({"openai_api_key", "api_keys"})
+SECRET_FIELDS = frozenset({"openai_api_key", "api_keys", "api_admin_keys"})
 
 
 def physical_cores() -> int:
@@ -78,6 +78,11 @@ class Settings(BaseSettings):
 
     model_backend: Backend = _field(
         "llama_cpp", "MODEL_BACKEND", "Which backend serves both tiers: llama_cpp, openai or transformers_gpu."
+    )
+    model_fallback: str = _field(
+        "", "MODEL_FALLBACK",
+        "Comma-separated backends that serve a tier when MODEL_BACKEND fails (unreachable, timeout, 5xx, 429 "
+        "after retries, or not configured), tried in order, e.g. llama_cpp.",
     )
     model_7b_path: Path = _field(
         DEFAULT_MODEL_7B_PATH, "MODEL_7B_PATH",
@@ -125,7 +130,9 @@ class Settings(BaseSettings):
     openai_heavy_model: str = _field("gpt-4", "OPENAI_HEAVY_MODEL", "Model for complex analysis.")
     openai_light_model: str = _field("gpt-3.5-turbo", "OPENAI_LIGHT_MODEL", "Model for simpler tasks.")
     openai_base_url: str | None = _field(
-        None, "OPENAI_BASE_URL", "Any OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1."
+        None, "OPENAI_BASE_URL",
+        "Any OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; several comma-separated URLs spread the "
+        "requests over them (least outstanding requests first, a failing one is taken out and probed back).",
     )
     openai_organization: str | None = _field(None, "OPENAI_ORGANIZATION", "Organization id, for org accounts.")
     openai_timeout: float = _field(60.0, "OPENAI_TIMEOUT", "Seconds before a request times out.", gt=0)
@@ -155,6 +162,9 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = _field(
         None, "API_KEYS", "Comma-separated keys; when set, every /v1 route needs 'Authorization: Bearer <key>'."
     )
+    api_admin_keys: SecretStr | None = _field(
+        None, "API_ADMIN_KEYS", "Comma-separated keys for /admin routes (POST /admin/reload); unset: /admin is off."
+    )
     api_allow_unauthenticated: bool = _field(
         False, "API_ALLOW_UNAUTHENTICATED", "Allow listening beyond loopback without API_KEYS (not recommended)."
     )
@@ -172,7 +182,7 @@ class Settings(BaseSettings):
         False, "API_LOG_PROMPTS", "Log prompt text with each request (off: only ids, tiers, tokens, latency)."
     )
 
-    @field_validator("openai_api_key", "openai_base_url", "openai_organization", "api_keys",
+    @field_validator("openai_api_key", "openai_base_url", "openai_organization", "api_keys", "api_admin_keys",
                      "gpu_heavy_model", "gpu_light_model", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
@@ -186,16 +196,55 @@ class Settings(BaseSettings):
         assert isinstance(alias, AliasChoices)
         return str(alias.choices[0])
 
+    @field_validator("model_fallback")
+    @classmethod
+    def _known_backends(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown backend {unknown[0]!r}; use a comma-separated list of {', '.join(BACKENDS)}")
+        return ",".join(names)
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _urls(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        urls = [url.strip() for url in value.split(",") if url.strip()]
+        bad = [url for url in urls if not url.startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an http(s) URL; give one URL or several separated by commas")
+        return ",".join(urls)
+
+    @property
+    def fallback_backends(self) -> list[str]:
+        """MODEL_FALLBACK as a list, in order (MODEL_BACKEND itself left out)."""
+        return [name for name in self.model_fallback.split(",") if name and name != self.model_backend]
+
+    @property
+    def openai_base_urls(self) -> list[str]:
+        """OPENAI_BASE_URL split into its servers (empty: the official API)."""
+        return self.openai_base_url.split(",") if self.openai_base_url else []
+
     @property
     def api_key_list(self) -> list[str]:
         """The server's accepted keys (empty: no auth)."""
-        raw = self.api_keys.get_secret_value() if self.api_keys else ""
-        return [key.strip() for key in raw.split(",") if key.strip()]
+        return _split_secret(self.api_keys)
+
+    @property
+    def admin_key_list(self) -> list[str]:
+        """Keys accepted on /admin routes (empty: /admin is off)."""
+        return _split_secret(self.api_admin_keys)
 
     @property
     def threads(self) -> int:
         """Effective llama.cpp thread count."""
         return self.model_n_threads or physical_cores()
+
+
+def _split_secret(secret: SecretStr | None) -> list[str]:
+    raw = secret.get_secret_value() if secret else ""
+    return [key.strip() for key in raw.split(",") if key.strip()]
 
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
@@ -220,7 +269,8 @@ def _describe_validation_error(exc: ValidationError) -> str:
         description = Settings.model_fields[field].description if known else ""
         shown = "<hidden>" if field in SECRET_FIELDS else repr(error.get("input"))
         expected = error.get("ctx", {}).get("expected")
-        reason = f"expected {expected}" if expected else error["msg"][0].lower() + error["msg"][1:]
+        message = error["msg"].removeprefix("Value error, ")
+        reason = f"expected {expected}" if expected else message[0].lower() + message[1:]
         lines.append(f"{name}={shown} is not valid: {reason}. {description}".rstrip())
     return "Invalid setting: " + " | ".join(lines)
 

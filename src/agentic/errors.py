@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AdminDisabledError",
     "AgenticError",
     "BackendNotInstalledError",
     "ClientAuthenticationError",
@@ -19,6 +20,7 @@ __all__ = [
     "OutOfMemoryError",
     "PayloadTooLargeError",
     "RateLimitError",
+    "ReloadRefusedError",
     "ServerBusyError",
     "UpstreamConnectionError",
     "UpstreamError",
@@ -175,6 +177,22 @@ class ClientAuthenticationError(AgenticError):
     status_code = 401
     error_type = "invalid_request_error"
     code = "invalid_api_key"
+
+
+class AdminDisabledError(AgenticError):
+    """An /admin route was called but API_ADMIN_KEYS is not set."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "admin_disabled"
+
+
+class ReloadRefusedError(AgenticError):
+    """A reload found a bad configuration; the old one keeps serving."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "reload_refused"
 
 
 class PayloadTooLargeError(AgenticError):

@@ -18,6 +18,8 @@ if __package__ in (None, ""):  # run as a script, as the guide does: python src/
 import asyncio
 import json
 import logging
+import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -31,7 +33,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import Settings, effective_values, load_settings
-from ..errors import AgenticError, InvalidRequestError, ModelNotFoundError, ServerBusyError
+from ..errors import (
+    AdminDisabledError,
+    AgenticError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ReloadRefusedError,
+    ServerBusyError,
+)
 from ..ideas.analyzer import ANALYSIS_SYSTEM, TRIAGE_SYSTEM, CallRecord, IdeaAnalyzer, analysis_prompt, idea_prompt
 from ..ideas.schemas import Analysis, Triage
 from ..ml.base import BaseModelManager, Model
@@ -41,7 +50,7 @@ from .runtime import ModelGate, iterate_in_thread
 from .schemas import ChatCompletionRequest, CompletionRequest, IdeaRequest
 from .security import BodyLimit, check_bearer, check_bind_address
 
-__all__ = ["ServerState", "create_app", "main", "serve"]
+__all__ = ["Server", "ServerState", "create_app", "main", "serve"]
 
 _log = logging.getLogger("agentic.api")
 TIERS = ("heavy", "light")
@@ -49,19 +58,25 @@ ModelCall = Callable[[Model, bool], Any]
 
 
 class ServerState:
-    """What one app instance holds: settings, the manager, one gate per loaded model, metrics."""
+    """One configuration: settings, the manager, one gate per loaded model. A reload makes a new one."""
 
-    def __init__(self, settings: Settings, manager: BaseModelManager) -> None:
+    def __init__(self, settings: Settings, manager: BaseModelManager, metrics: Metrics) -> None:
         self.settings = settings
         self.manager = manager
-        self.metrics = Metrics()
+        self.metrics = metrics
         self.keys = settings.api_key_list
+        self.active = 0  # requests running on this configuration
+        self.retired = False  # replaced by a reload: freed when its last request ends
         capacity = manager.capacity()
         gates: dict[str, ModelGate] = {}
         for tier in TIERS:
             spec = manager.specs[tier]
             gates.setdefault(spec.key, ModelGate(spec.name, capacity, settings.api_max_queue))
         self.gates = {tier: gates[manager.specs[tier].key] for tier in TIERS}
+        listeners = getattr(manager, "listeners", None)
+        if listeners is not None:  # a FallbackManager: count each failover
+            listeners.append(lambda tier, failed, served, code: metrics.fallbacks.labels(
+                tier=tier, from_backend=failed, to_backend=served, reason=code).inc())
 
     def tier_of(self, model_id: str) -> str:
         """`heavy`, `light`, or a tier's real model name; anything else is a 404, never another model."""
@@ -81,6 +96,61 @@ class ServerState:
 
     def labels(self, tier: str) -> dict[str, str]:
         return {"tier": tier, "backend": self.manager.backend}
+
+    def enter(self) -> ServerState:
+        self.active += 1
+        return self
+
+    def leave(self) -> None:
+        """One request ended; the last one on a retired configuration frees its models."""
+        self.active -= 1
+        if self.retired and self.active == 0:
+            self._free()
+
+    def retire(self) -> None:
+        self.retired = True
+        if self.active == 0:
+            self._free()
+
+    def _free(self) -> None:
+        _log.info("freeing the previous configuration (%s)", self.manager.backend)
+        threading.Thread(target=self.manager.close, name="agentic-free", daemon=True).start()
+
+
+class Server:
+    """What one app holds across reloads: the metrics and the configuration new requests use."""
+
+    def __init__(self, settings: Settings, manager: BaseModelManager, env_file: str | Path | None = ".env") -> None:
+        self.metrics = Metrics()
+        self.current = ServerState(settings, manager, self.metrics)
+        self.env_file = env_file
+        self._reloading = asyncio.Lock()
+
+    async def reload(self) -> ServerState:
+        """Re-read the settings and switch to a new manager; a bad config raises and changes nothing.
+
+        Requests already running finish on the old manager, which is freed after the last one.
+        """
+        async with self._reloading:
+            settings = await asyncio.to_thread(load_settings, self.env_file)
+            manager = await asyncio.to_thread(create_model_manager, settings)
+            old, self.current = self.current, ServerState(settings, manager, self.metrics)
+            if _workers(self.current) > _workers(old):  # more parallel calls than the thread pool was sized for
+                asyncio.get_running_loop().set_default_executor(
+                    ThreadPoolExecutor(_workers(self.current), "agentic-model"))
+            self.metrics.reloads.labels(result="ok").inc()
+            _log.info("reloaded: backend %s -> %s, heavy %s, light %s", old.manager.backend, manager.backend,
+                      manager.specs["heavy"].name, manager.specs["light"].name)
+            old.retire()
+            return self.current
+
+    async def reload_logged(self) -> None:
+        """SIGHUP: reload, or log why not and keep serving."""
+        try:
+            await self.reload()
+        except AgenticError as exc:
+            self.metrics.reloads.labels(result="refused").inc()
+            _log.error("reload refused, the previous configuration keeps serving: %s", exc.message)
 
 
 def _check_max_tokens(model: Model, max_tokens: int | None) -> None:
@@ -103,6 +173,7 @@ async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: 
     if state.settings.api_log_prompts:
         _log.info("request id=%s prompt=%r", request_id, prompt_text)
     streaming, acquired, chunks = False, False, None
+    state.enter()
     try:
         await gate.acquire()
         acquired = True
@@ -111,7 +182,7 @@ async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: 
         if not stream:
             result = await asyncio.to_thread(call, model, False)
             _record(state, labels, endpoint, 200, result.get("usage"), started, request_id, started)
-            return JSONResponse(result, headers={"x-request-id": request_id})
+            return JSONResponse(result, headers={"x-request-id": request_id, **_served_by(result)})
         chunks = iterate_in_thread(lambda: call(model, True))
         first = await chunks.__anext__()  # a bad prompt fails here, as a proper HTTP error
         streaming = True
@@ -122,11 +193,19 @@ async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: 
     finally:
         if acquired and not streaming:
             gate.release()
+        if not streaming:
+            state.leave()
         if chunks is not None and not streaming:  # cancelled before the response started: stop the worker
             asyncio.ensure_future(chunks.aclose())  # type: ignore[attr-defined]
     return StreamingResponse(_stream_events(state, endpoint, labels, first, chunks, gate, include_usage, started,
                                             request_id), media_type="text/event-stream",
-                             headers={"x-request-id": request_id, "cache-control": "no-cache"})
+                             headers={"x-request-id": request_id, "cache-control": "no-cache", **_served_by(first)})
+
+
+def _served_by(result: dict[str, Any]) -> dict[str, str]:
+    """The x-agentic-backend header: the backend that answered (a fallback's, when one did)."""
+    fingerprint = str(result.get("system_fingerprint") or "")
+    return {"x-agentic-backend": fingerprint.removeprefix("agentic-")} if fingerprint else {}
 
 
 async def _stream_events(state: ServerState, endpoint: str, labels: dict[str, str], first: dict[str, Any],
@@ -154,6 +233,7 @@ async def _stream_events(state: ServerState, endpoint: str, labels: dict[str, st
         # Synchronous bookkeeping first: when the client hangs up, Starlette cancels this task and an
         # await here would be interrupted, leaking the slot. The worker stops within one token.
         gate.release()
+        state.leave()
         _record(state, labels, endpoint, status, usage, started, request_id, first_token_at)
         await chunks.aclose()  # type: ignore[attr-defined]
 
@@ -207,32 +287,77 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(AgenticError(f"Internal error ({type(exc).__name__}); see the server log."))
 
 
-def create_app(settings: Settings | None = None, manager: BaseModelManager | None = None) -> FastAPI:
-    """The FastAPI app over the configured backend (models load now when MODEL_PRELOAD=true)."""
-    settings = settings if settings is not None else load_settings()
-    state = ServerState(settings, manager if manager is not None else create_model_manager(settings))
+def create_app(settings: Settings | None = None, manager: BaseModelManager | None = None,
+               env_file: str | Path | None = ".env") -> FastAPI:
+    """The FastAPI app over the configured backend (models load now when MODEL_PRELOAD=true).
+
+    `env_file` is what POST /admin/reload and SIGHUP read again.
+    """
+    settings = settings if settings is not None else load_settings(env_file)
+    server = Server(settings, manager if manager is not None else create_model_manager(settings), env_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        workers = sum(gate.capacity for gate in set(state.gates.values())) + 4
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, "agentic-model"))
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(_workers(server.current), "agentic-model"))
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(server.reload_logged()))
+        except (NotImplementedError, RuntimeError, AttributeError):  # no SIGHUP here, or not the main thread
+            pass
         yield
-        state.manager.close()
+        server.current.manager.close()
 
     app = FastAPI(title="agentic", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API over llama.cpp, the OpenAI API or transformers.")
-    app.state.agentic = state
+    app.state.agentic = server
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     _install_error_handlers(app)
 
     async def require_key(request: Request) -> None:
-        check_bearer(request.headers.get("authorization"), state.keys)
+        check_bearer(request.headers.get("authorization"), server.current.keys)
 
-    _add_routes(app, state, Depends(require_key))
+    _add_routes(app, server, Depends(require_key))
     return app
 
 
-def _add_routes(app: FastAPI, state: ServerState, auth: Any) -> None:
+def _workers(state: ServerState) -> int:
+    """Threads for model calls: every gate's capacity, plus a few for loading and readiness checks."""
+    return sum(gate.capacity for gate in set(state.gates.values())) + 4
+
+
+async def _analyze_idea(state: ServerState, body: IdeaRequest) -> JSONResponse:
+    """POST /v1/ideas/analyze: the light tier's triage, then the heavy tier's analysis, each behind its gate."""
+    calls: list[CallRecord] = []
+    analyzer = IdeaAnalyzer(state.manager, retries=body.retries)
+    idea_text = idea_prompt(body.title, body.description)
+    started, request_id = time.perf_counter(), uuid.uuid4().hex[:12]
+
+    async def on_tier(tier: str, system: str, text: str, schema: type[Triage] | type[Analysis]) -> Any:
+        gate, labels = state.gates[tier], state.labels(tier)
+        await gate.acquire()
+        try:
+            await state.model(tier)
+            return await asyncio.to_thread(analyzer.structured, request_id, tier, system, text, schema, calls)
+        except AgenticError as exc:
+            state.metrics.errors.labels(**labels, code=exc.code or exc.error_type).inc()
+            _record(state, labels, "ideas", exc.status_code, None, started, request_id, started)
+            raise
+        finally:
+            gate.release()
+
+    triage = await on_tier("light", TRIAGE_SYSTEM, idea_text, Triage)
+    analysis = await on_tier("heavy", ANALYSIS_SYSTEM, analysis_prompt(idea_text, triage), Analysis)
+    usage = {"prompt_tokens": sum(c.prompt_tokens for c in calls),
+             "completion_tokens": sum(c.completion_tokens for c in calls)}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    _record(state, state.labels("heavy"), "ideas", 200, usage, started, request_id, started)
+    return JSONResponse({"id": f"idea-{request_id}", "object": "idea.analysis", "backend": state.manager.backend,
+                         "models": {tier: state.manager.specs[tier].name for tier in TIERS},
+                         "triage": triage.model_dump(), "analysis": analysis.model_dump(),
+                         "attempts": len(calls), "usage": usage}, headers={"x-request-id": request_id})
+
+
+def _add_routes(app: FastAPI, server: Server, auth: Any) -> None:
     @app.post("/v1/chat/completions", dependencies=[auth], summary="Chat completion (stream or not)")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         messages = [message.plain() for message in body.messages]
@@ -243,8 +368,8 @@ def _add_routes(app: FastAPI, state: ServerState, auth: Any) -> None:
             return model.create_chat_completion(messages=messages, stream=stream, **options)
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _answer(state, "chat", body.model, options["max_tokens"], body.stream, include_usage, call,
-                             json.dumps(messages, ensure_ascii=False))
+        return await _answer(server.current, "chat", body.model, options["max_tokens"], body.stream, include_usage,
+                             call, json.dumps(messages, ensure_ascii=False))
 
     @app.post("/v1/completions", dependencies=[auth], summary="Text completion (stream or not)")
     async def completions(body: CompletionRequest) -> Response:
@@ -257,42 +382,20 @@ def _add_routes(app: FastAPI, state: ServerState, auth: Any) -> None:
             return model.create_completion(prompts[0], stream=stream, **options)
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _answer(state, "completions", body.model, body.max_tokens, body.stream, include_usage, call,
-                             prompts[0])
+        return await _answer(server.current, "completions", body.model, body.max_tokens, body.stream, include_usage,
+                             call, prompts[0])
 
     @app.post("/v1/ideas/analyze", dependencies=[auth], summary="One business idea: light triage, heavy analysis")
     async def analyze_idea(body: IdeaRequest) -> JSONResponse:
-        calls: list[CallRecord] = []
-        analyzer = IdeaAnalyzer(state.manager, retries=body.retries)
-        idea_text = idea_prompt(body.title, body.description)
-        started, request_id = time.perf_counter(), uuid.uuid4().hex[:12]
-
-        async def on_tier(tier: str, system: str, text: str, schema: type[Triage] | type[Analysis]) -> Any:
-            gate, labels = state.gates[tier], state.labels(tier)
-            await gate.acquire()
-            try:
-                await state.model(tier)
-                return await asyncio.to_thread(analyzer.structured, request_id, tier, system, text, schema, calls)
-            except AgenticError as exc:
-                state.metrics.errors.labels(**labels, code=exc.code or exc.error_type).inc()
-                _record(state, labels, "ideas", exc.status_code, None, started, request_id, started)
-                raise
-            finally:
-                gate.release()
-
-        triage = await on_tier("light", TRIAGE_SYSTEM, idea_text, Triage)
-        analysis = await on_tier("heavy", ANALYSIS_SYSTEM, analysis_prompt(idea_text, triage), Analysis)
-        usage = {"prompt_tokens": sum(c.prompt_tokens for c in calls),
-                 "completion_tokens": sum(c.completion_tokens for c in calls)}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        _record(state, state.labels("heavy"), "ideas", 200, usage, started, request_id, started)
-        return JSONResponse({"id": f"idea-{request_id}", "object": "idea.analysis", "backend": state.manager.backend,
-                             "models": {tier: state.manager.specs[tier].name for tier in TIERS},
-                             "triage": triage.model_dump(), "analysis": analysis.model_dump(),
-                             "attempts": len(calls), "usage": usage}, headers={"x-request-id": request_id})
+        state = server.current.enter()
+        try:
+            return await _analyze_idea(state, body)
+        finally:
+            state.leave()
 
     @app.get("/v1/models", dependencies=[auth], summary="The tiers and their real model names")
     async def models() -> dict[str, Any]:
+        state = server.current
         ids = [*TIERS, *dict.fromkeys(state.manager.specs[tier].name for tier in TIERS)]
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0,
                                             "owned_by": f"agentic-{state.manager.backend}"}
@@ -300,11 +403,28 @@ def _add_routes(app: FastAPI, state: ServerState, auth: Any) -> None:
 
     @app.get("/v1/backend", dependencies=[auth], summary="The effective configuration (secrets as SET/NOT SET)")
     async def backend() -> dict[str, Any]:
+        state = server.current
         return {"backend": state.manager.backend,
                 "tiers": {tier: {"model": state.manager.specs[tier].name, "origin": state.manager.specs[tier].origin,
                                  "loaded": state.manager.is_loaded(tier == "heavy")} for tier in TIERS},
                 "settings": {name: {"value": shown, "source": source}
                              for name, shown, source in effective_values(state.settings)}}
+
+    @app.post("/admin/reload", summary="Re-read .env and switch backend or models without a restart")
+    async def reload(request: Request) -> dict[str, Any]:
+        keys = server.current.settings.admin_key_list
+        if not keys:
+            raise AdminDisabledError("POST /admin/reload is off: set API_ADMIN_KEYS=<key> and send "
+                                     "'Authorization: Bearer <key>' (or send SIGHUP to the server process).")
+        check_bearer(request.headers.get("authorization"), keys)
+        try:
+            state = await server.reload()
+        except AgenticError as exc:
+            server.metrics.reloads.labels(result="refused").inc()
+            raise ReloadRefusedError(f"Reload refused, the previous configuration keeps serving: {exc.message}",
+                                     param=exc.param) from None
+        return {"status": "reloaded", "backend": state.manager.backend,
+                "tiers": {tier: state.manager.specs[tier].name for tier in TIERS}}
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict[str, str]:
@@ -312,6 +432,7 @@ def _add_routes(app: FastAPI, state: ServerState, auth: Any) -> None:
 
     @app.get("/ready", summary="Models loaded (with MODEL_PRELOAD) and backend reachable")
     async def ready() -> JSONResponse:
+        state = server.current
         loaded = {tier: state.manager.is_loaded(tier == "heavy") for tier in TIERS}
         problem = await asyncio.to_thread(state.manager.problem)
         if problem is None and state.settings.model_preload and not all(loaded.values()):
@@ -321,6 +442,7 @@ def _add_routes(app: FastAPI, state: ServerState, auth: Any) -> None:
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
+        state = server.current
         for tier, gate in state.gates.items():
             state.metrics.queue_depth.labels(**state.labels(tier)).set(gate.waiting)
             state.metrics.in_flight.labels(**state.labels(tier)).set(gate.running)

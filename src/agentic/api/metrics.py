@@ -29,6 +29,10 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("agentic_queue_depth", "Requests waiting for a model", labels,
                                  registry=self.registry)
+        self.fallbacks = Counter("agentic_fallbacks_total", "Requests answered by a fallback backend",
+                                 ("tier", "from_backend", "to_backend", "reason"), registry=self.registry)
+        self.reloads = Counter("agentic_reloads_total", "Configuration reloads (ok or refused)", ("result",),
+                               registry=self.registry)
         self.in_flight = Gauge("agentic_in_flight", "Requests being generated", labels, registry=self.registry)
 
     def render(self) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -112,9 +113,15 @@ class IdeaAnalyzer:
                 assert isinstance(answer, dict)
                 usage = answer.get("usage") or {}
                 content = answer["choices"][0]["message"].get("content") or ""
-                value = schema.model_validate_json(content)
+                # strict=False: a raw newline inside a string (some servers' grammars allow it) is not worth
+                # a retry; the schema is what must hold.
+                value = schema.model_validate(json.loads(content, strict=False))
+            except json.JSONDecodeError as exc:
+                problem = _describe(f"not JSON ({exc})", answer)
             except ValidationError as exc:
-                problem = _describe(exc, answer)
+                first = exc.errors()[0]
+                where = ".".join(map(str, first["loc"])) or "answer"
+                problem = _describe(f"{exc.error_count()} schema error(s), first {where}: {first['msg']}", answer)
             except InvalidRequestError:
                 raise  # our request is wrong: a retry cannot fix it
             except AgenticError as exc:  # the backend failed after its own retries
@@ -139,10 +146,7 @@ class IdeaAnalyzer:
         self.on_call(record)
 
 
-def _describe(exc: ValidationError, answer: Any) -> str:
+def _describe(detail: str, answer: Any) -> str:
     """One line on why an answer was rejected, mentioning a cut-off answer (finish_reason=length)."""
     finish = answer["choices"][0].get("finish_reason") if isinstance(answer, dict) else None
-    first = exc.errors()[0]
-    what = f"{'.'.join(map(str, first['loc'])) or 'answer'}: {first['msg']}"
-    detail = f"{exc.error_count()} schema error(s), first {what}"
     return detail + (" - the answer hit max_tokens" if finish == "length" else "")

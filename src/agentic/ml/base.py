@@ -107,6 +107,7 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    served_by: tuple[str, str] | None = None  # (backend, model) on the first delta when a fallback answered
 
 
 def _check_response_format(response_format: Any) -> None:
@@ -247,7 +248,7 @@ class Model(ABC):
             raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}.", param="prompt")
         params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
         deltas = self._serialized(self._complete(prompt, params))
-        shape = ResultShape("cmpl", "text_completion", self.name)
+        shape = ResultShape("cmpl", "text_completion", self.name, self.backend)
         return shape.stream(deltas, chat=False) if stream else shape.collect(deltas, chat=False)
 
     def create_chat_completion(
@@ -266,7 +267,7 @@ class Model(ABC):
         _check_messages(messages)
         params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
         deltas = self._serialized(self._chat(list(messages), params))
-        shape = ResultShape("chatcmpl", "chat.completion", self.name)
+        shape = ResultShape("chatcmpl", "chat.completion", self.name, self.backend)
         return shape.stream(deltas, chat=True) if stream else shape.collect(deltas, chat=True)
 
     def _serialized(self, deltas: Iterator[Delta]) -> Iterator[Delta]:

@@ -31,8 +31,15 @@ def manager_class(backend: str) -> type[BaseModelManager]:
 
 
 def create_model_manager(settings: Settings | None = None) -> BaseModelManager:
-    """The manager for MODEL_BACKEND (from `.env` / the environment unless `settings` is given)."""
+    """The manager for MODEL_BACKEND (from `.env` / the environment unless `settings` is given).
+
+    With MODEL_FALLBACK set, a FallbackManager that tries MODEL_BACKEND, then each fallback backend.
+    """
     settings = settings if settings is not None else load_settings()
+    if settings.fallback_backends:
+        from .fallback import FallbackManager
+
+        return FallbackManager.build(settings, lambda each: manager_class(each.model_backend)(each))
     return manager_class(settings.model_backend)(settings)
 
 
@@ -43,7 +50,11 @@ def describe_configuration(settings: Settings) -> list[str]:
     lines = [f"Model Backend: {settings.model_backend}"]
     if cls.key_setting is not None:
         lines.append(f"API Key: {'SET' if getattr(settings, cls.key_setting) else 'NOT SET'}")
-    lines += [f"Heavy Model: {heavy}", f"Light Model: {light}", "", "Effective settings (value  [source]):"]
+    lines += [f"Heavy Model: {heavy}", f"Light Model: {light}"]
+    for backend in settings.fallback_backends:
+        fallback_heavy, fallback_light = manager_class(backend).tier_labels(settings)
+        lines.append(f"Fallback: {backend} (heavy {fallback_heavy}, light {fallback_light})")
+    lines += ["", "Effective settings (value  [source]):"]
     rows = effective_values(settings)
     width = max(len(name) for name, _, _ in rows)
     lines += [f"  {name:<{width}}  {shown}  [{source}]" for name, shown, source in rows]

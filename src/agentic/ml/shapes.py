@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ class ResultShape:
     prefix: str
     object: str
     model: str
+    backend: str = ""
     id: str = ""
     created: int = 0
 
@@ -29,12 +31,29 @@ class ResultShape:
         self.created = int(time.time())
 
     def _head(self, object_name: str) -> dict[str, Any]:
-        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model}
+        # system_fingerprint names the backend that answered (OpenAI: "the backend configuration").
+        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
+                "system_fingerprint": f"agentic-{self.backend}"}
+
+    def _served(self, deltas: Iterator[Delta]) -> Generator[Delta, None, None]:
+        """Take the answering backend and model from the first delta (set when a fallback answered)."""
+        try:
+            first = next(deltas, None)
+            if first is None:
+                return
+            if first.served_by is not None:
+                self.backend, self.model = first.served_by
+            yield first
+            yield from deltas
+        finally:
+            close = getattr(deltas, "close", None)
+            if close is not None:
+                close()  # a reader that stops early ends the generation now
 
     def collect(self, deltas: Iterator[Delta], chat: bool) -> dict[str, Any]:
         parts: list[str] = []
         last = None
-        for delta in deltas:
+        for delta in self._served(deltas):
             parts.append(delta.text)
             last = delta
         text = "".join(parts)
@@ -47,18 +66,23 @@ class ResultShape:
 
     def stream(self, deltas: Iterator[Delta], chat: bool) -> Iterator[dict[str, Any]]:
         object_name = "chat.completion.chunk" if chat else "text_completion"
-        if chat:
-            yield {**self._head(object_name),
-                   "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}]}
-        for delta in deltas:
-            if delta.text or delta.finish_reason:
-                body = {"content": delta.text} if delta.text else {}
-                choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": delta.finish_reason}
-                choice.update({"delta": body} if chat else {"text": delta.text})
-                chunk = {**self._head(object_name), "choices": [choice]}
-                if delta.finish_reason is not None:
-                    chunk["usage"] = _usage(delta)
-                yield chunk
+        served = self._served(deltas)
+        try:
+            first = next(served, None)  # names the answering model before the first chunk
+            if chat:
+                yield {**self._head(object_name), "choices": [{"index": 0, "delta": {"role": "assistant"},
+                                                               "logprobs": None, "finish_reason": None}]}
+            for delta in itertools.chain([first] if first is not None else [], served):
+                if delta.text or delta.finish_reason:
+                    body = {"content": delta.text} if delta.text else {}
+                    choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": delta.finish_reason}
+                    choice.update({"delta": body} if chat else {"text": delta.text})
+                    chunk = {**self._head(object_name), "choices": [choice]}
+                    if delta.finish_reason is not None:
+                        chunk["usage"] = _usage(delta)
+                    yield chunk
+        finally:
+            served.close()  # a reader that stops early ends the generation now
 
 
 def _usage(delta: Delta | None) -> dict[str, int]:
