@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import builtins
-import json
 import logging
-import socket
 import sys
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -26,8 +21,7 @@ from agentic.errors import (
 from agentic.ml.model_factory import create_model_manager
 from agentic.ml.openai_model_manager import OpenAIModelManager
 from conftest import make_settings
-
-SECRET = "sk-test-0123456789abcdef-secret"
+from faults import SECRET, FaultHandler, fault_server
 
 
 def test_prompt_call_works_on_real_server_in_completion_shape(llama_server: str) -> None:
@@ -59,54 +53,10 @@ def test_chat_stream_and_stop_on_real_server(llama_server: str) -> None:
     manager.close()
 
 
-class FaultHandler(BaseHTTPRequestHandler):
-    """Answers /v1/chat/completions with the status the test asked for."""
-
-    mode = "ok"
-    calls = 0
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        type(self).calls += 1
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        if self.mode == "cut":
-            self._cut_mid_stream()
-            return
-        status = {"401": 401, "429": 429, "500": 500}[self.mode]
-        body = json.dumps({"error": {"message": f"Incorrect API key provided: {SECRET}", "type": "x",
-                                     "param": None, "code": None}}).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.send_header("retry-after-ms", "10")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _cut_mid_stream(self) -> None:
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("content-length", "100000")
-        self.end_headers()
-        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                 "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]}
-        for _ in range(2):
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.wfile.flush()
-            time.sleep(0.2)
-        self.connection.shutdown(socket.SHUT_RDWR)
-
-
-@pytest.fixture()
-def fault_server() -> Iterator[tuple[str, type[FaultHandler]]]:
-    handler = type("Handler", (FaultHandler,), {"calls": 0})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler
-    server.shutdown()
-    server.server_close()
+@pytest.fixture(name="fault_server")
+def fault_server_fixture() -> Iterator[tuple[str, type[FaultHandler]]]:
+    with fault_server("500") as served:
+        yield served
 
 
 def _model(url: str, retries: int = 0) -> Any:

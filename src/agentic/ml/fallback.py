@@ -57,9 +57,10 @@ class FallbackModel(Model):
     def _serve(self, call: Callable[[Model], Iterator[Delta]]) -> Iterator[Delta]:
         failed: list[tuple[str, AgenticError]] = []
         for backend, manager in self.owner.chain:
+            if isinstance(manager, AgenticError):  # not configured (said once at start): next backend
+                failed.append((backend, manager))
+                continue
             try:
-                if isinstance(manager, AgenticError):
-                    raise manager  # not configured: counts as a failure of this backend
                 model, _ = manager.get(heavy=self.heavy)
                 deltas = model._serialized(call(model))  # runs to the first delta: errors surface here
             except FAILOVER_ERRORS as exc:
@@ -68,7 +69,9 @@ class FallbackModel(Model):
                 failed.append((backend, exc))
                 continue
             for failed_backend, error in failed:
-                _log.warning("%s tier answered by %s %s instead of %s", self.tier, backend, model.name, failed_backend)
+                if not isinstance(self.owner.manager_of(failed_backend), AgenticError):
+                    _log.warning("%s tier answered by %s %s instead of %s", self.tier, backend, model.name,
+                                 failed_backend)
                 self.owner.notify(self.tier, failed_backend, backend, error.code or error.error_type)
             return _tag(deltas, (model.backend, model.name))
         raise failed[-1][1]
@@ -119,6 +122,9 @@ class FallbackManager(BaseModelManager):
         from .model_factory import manager_class
 
         return manager_class(settings.model_backend).tier_labels(settings)
+
+    def manager_of(self, backend: str) -> BaseModelManager | AgenticError:
+        return dict(self.chain)[backend]
 
     def first_configured(self) -> BaseModelManager:
         return next(manager for _, manager in self.chain if isinstance(manager, BaseModelManager))
