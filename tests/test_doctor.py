@@ -58,13 +58,13 @@ def test_openai_backend_checks_server_key_and_model_names(llama_server: str) -> 
                                     openai_heavy_model="gemma", openai_light_model="gpt-3.5-turbo"))
     failed = _failed(good)
     assert set(failed) == {"OPENAI_LIGHT_MODEL"}
-    assert failed["OPENAI_LIGHT_MODEL"].detail == "'gpt-3.5-turbo' is not listed by the server"
+    assert failed["OPENAI_LIGHT_MODEL"].detail == f"'gpt-3.5-turbo' is not listed by {llama_server}"
     assert "gemma" in failed["OPENAI_LIGHT_MODEL"].fix
 
 
 def test_openai_backend_unreachable_and_missing_key() -> None:
     failed = _failed(run_checks(make_settings(model_backend="openai", openai_base_url="http://127.0.0.1:9/v1")))
-    assert failed["OpenAI server and key"].detail.startswith("Could not reach http://127.0.0.1:9/v1")
+    assert failed["OpenAI server http://127.0.0.1:9/v1"].detail.startswith("Could not reach http://127.0.0.1:9/v1")
     failed = _failed(run_checks(make_settings(model_backend="openai")))
     assert failed["OpenAI client"].detail.startswith("OPENAI_API_KEY not provided")
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import Settings, setting_sources
 from .errors import AgenticError
 from .ml.default_model import embedded_model_path
-from .ml.model_factory import create_model_manager
 
 __all__ = ["Check", "gpu_visible", "run_checks"]
 
@@ -109,25 +108,29 @@ def _gpu_build_check(settings: Settings) -> Check:
 
 
 def _openai_checks(settings: Settings) -> list[Check]:
+    from .ml.openai_model_manager import OpenAIModelManager
+
     try:
-        manager = create_model_manager(settings)
+        manager = OpenAIModelManager(settings)
     except AgenticError as exc:
         return [Check("OpenAI client", False, exc.message.splitlines()[0], "see the message")]
-    problem = manager.problem()
-    if problem is not None:
-        return [Check("OpenAI server and key", False, problem.splitlines()[0], problem.partition("\n")[2] or
-                      "check OPENAI_BASE_URL, OPENAI_API_KEY and the network")]
-    model, _ = manager.get(heavy=True)
-    client = model.client  # type: ignore[attr-defined]
-    names = {entry.id for entry in client.with_options(timeout=10, max_retries=0).models.list()}
-    checks = [Check("OpenAI server and key", True, f"{settings.openai_base_url or 'api.openai.com'} accepted the key")]
-    for field in ("openai_heavy_model", "openai_light_model"):
-        name = getattr(settings, field)
-        listed = name in names
-        checks.append(Check(Settings.env_name(field), listed,
-                            f"{name!r} is {'' if listed else 'not '}listed by the server",
-                            f"pick one of: {', '.join(sorted(names)[:8])}"))
-    manager.close()
+    checks = []
+    try:
+        listed = manager.served_models()  # one models.list per server serves every check below
+    finally:
+        manager.close()
+    for url, names in listed.items():
+        if isinstance(names, AgenticError):
+            fix = names.message.partition("\n")[2] or "check OPENAI_BASE_URL, OPENAI_API_KEY and the network"
+            checks.append(Check(f"OpenAI server {url}", False, names.message.splitlines()[0], fix))
+            continue
+        checks.append(Check(f"OpenAI server {url}", True, "answers and accepts the key"))
+        for field in ("openai_heavy_model", "openai_light_model"):
+            name = getattr(settings, field)
+            found = name in names
+            checks.append(Check(Settings.env_name(field), found,
+                                f"{name!r} is {'' if found else 'not '}listed by {url}",
+                                f"pick one of: {', '.join(sorted(names)[:8])}"))
     return checks
 
 
@@ -167,6 +170,12 @@ BACKEND_CHECKS: dict[str, Callable[[Settings], list[Check]]] = {
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    """Every check for the configured backend."""
-    return [Check("settings", True, f"MODEL_BACKEND={settings.model_backend}"),
-            *BACKEND_CHECKS[settings.model_backend](settings)]
+    """Every check for the configured backend, then for each MODEL_FALLBACK backend (names prefixed)."""
+    checks = [Check("settings", True, f"MODEL_BACKEND={settings.model_backend}"
+                    + (f", MODEL_FALLBACK={settings.model_fallback}" if settings.fallback_backends else "")),
+              *BACKEND_CHECKS[settings.model_backend](settings)]
+    for backend in settings.fallback_backends:
+        fallback = settings.model_copy(update={"model_backend": backend})
+        checks += [replace(check, name=f"fallback {backend}: {check.name}")
+                   for check in BACKEND_CHECKS[backend](fallback)]
+    return checks

