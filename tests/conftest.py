@@ -69,24 +69,30 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
-@pytest.fixture(scope="session")
-def llama_server(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The peer `python -m llama_cpp.server` on the Gemma file; yields its /v1 base URL."""
+def start_llama_server(gemma_path: Path, log_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """The peer `python -m llama_cpp.server` on the Gemma file; returns (its /v1 base URL, process)."""
     port = free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gemma_path), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "gemma"]
-    log = tmp_path_factory.mktemp("llama_server") / "server.log"
+    log = log_dir / f"llama-server-{port}.log"
     with log.open("wb") as output:  # a file, not a pipe: a full pipe would block the server
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/v1/models", process, log)
-        yield f"http://127.0.0.1:{port}/v1"
+    except BaseException:
+        stop(process)
+        raise
+    return f"http://127.0.0.1:{port}/v1", process
+
+
+@pytest.fixture(scope="session")
+def llama_server(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One peer server for the whole session; yields its /v1 base URL."""
+    url, process = start_llama_server(gemma_path, tmp_path_factory.mktemp("llama_server"))
+    try:
+        yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 def start_agentic_server(tmp_dir: Path, **env: str) -> tuple[str, subprocess.Popen[bytes]]:

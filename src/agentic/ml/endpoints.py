@@ -28,6 +28,7 @@ class Endpoint:
     url: str
     client: Any
     outstanding: int = 0
+    served: int = 0  # requests answered
     failures: int = 0
     out_until: float = 0.0  # taken out until then (monotonic); 0 = in service
     probing: bool = field(default=False, repr=False)
@@ -66,7 +67,9 @@ class EndpointPool:
             endpoint.outstanding -= 1
             if failed:
                 self._take_out(endpoint)
-            elif not endpoint.in_service:
+                return
+            endpoint.served += 1
+            if not endpoint.in_service:
                 _log.info("%s answers again: back in service", endpoint.url)
                 endpoint.failures, endpoint.out_until = 0, 0.0
 
