@@ -38,21 +38,25 @@ def test_load_is_spread_and_a_killed_server_is_taken_out_then_probed_back(
         model, lock = manager.get(heavy=True)
 
         def ask(index: int) -> str:
-            if index == 15:  # half way through the run, one server dies
-                three_servers[1][1].kill()
             with lock:
                 result = model(prompt=f"Fact number {index}:", max_tokens=8, temperature=0.7, seed=index)
             assert isinstance(result, dict)
             return str(result["choices"][0]["finish_reason"])
 
-        with ThreadPoolExecutor(6) as pool:
-            finishes = list(pool.map(ask, range(30)))
-        assert finishes.count("length") + finishes.count("stop") == 30  # every request answered
         endpoints = {endpoint.url: endpoint for endpoint in manager.pool.endpoints}
-        assert all(endpoints[url].served > 0 for url in urls)  # least-outstanding spread work over all three
         dead = endpoints[urls[1]]
+        with ThreadPoolExecutor(6) as pool:
+            finishes = list(pool.map(ask, range(15)))
+            assert all(endpoints[url].served > 0 for url in urls)  # least outstanding spreads work over all three
+            later = pool.map(ask, range(15, 45))
+            deadline = time.monotonic() + 30
+            while dead.outstanding == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            three_servers[1][1].kill()  # in the middle of the run, with requests in flight on it
+            finishes += list(later)
+        assert finishes.count("length") + finishes.count("stop") == 45  # every request answered
         assert dead.failures >= 1 and not dead.in_service
-        assert endpoints[urls[0]].served + endpoints[urls[2]].served >= 20
+        assert endpoints[urls[0]].served + endpoints[urls[2]].served >= 30
 
         # The dead server is not probed back while it stays dead ...
         time.sleep(BACKOFF_START * 2 ** dead.failures + 0.5)
