@@ -153,3 +153,24 @@ def test_config_shows_the_fallback(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["config"])
     assert result.exit_code == 0, result.output
     assert "Fallback: llama_cpp (heavy " in result.output
+
+
+def test_upstream_killed_mid_stream_gives_the_client_a_clean_error_event(tmp_path: Path) -> None:
+    with fault_server("cut") as (upstream, _):
+        url, process = start_agentic_server(tmp_path, MODEL_BACKEND="openai", OPENAI_BASE_URL=upstream,
+                                            OPENAI_API_KEY=SECRET, OPENAI_MAX_RETRIES="0",
+                                            MODEL_FALLBACK="llama_cpp")
+        try:
+            with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=30, json={
+                    "model": "heavy", "messages": [{"role": "user", "content": "Hi"}], "stream": True}) as streamed:
+                assert streamed.status_code == 200
+                assert streamed.headers["x-agentic-backend"] == "openai"  # text came from openai: no failover
+                events = [json.loads(line[6:]) for line in streamed.iter_lines() if line.startswith("data: {")]
+            assert events[1]["choices"][0]["delta"]["content"] == "Hello"
+            error = events[-1]["error"]
+            assert error["code"] == "upstream_unreachable" and "incomplete" in error["message"]
+            assert SECRET not in json.dumps(events)
+            health = httpx.get(f"{url}/health", timeout=5)  # the server is fine afterwards
+            assert health.status_code == 200
+        finally:
+            stop(process)
