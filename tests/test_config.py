@@ -135,3 +135,12 @@ def test_agentic_config_describe_explains_every_setting() -> None:
     assert result.exit_code == 0
     for field, info in Settings.model_fields.items():
         assert f"{Settings.env_name(field)}: {info.description}" in result.output
+
+
+def test_home_in_paths_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODEL_CACHE_DIR")
+    env = tmp_path / ".env"
+    env.write_text("MODEL_CACHE_DIR=~/agentic-cache\nMODEL_7B_PATH=~/models/big.gguf\n")
+    settings = load_settings(env_file=env)
+    assert settings.model_cache_dir == Path.home() / "agentic-cache"
+    assert settings.model_7b_path == Path.home() / "models" / "big.gguf"

@@ -196,6 +196,12 @@ class Settings(BaseSettings):
         assert isinstance(alias, AliasChoices)
         return str(alias.choices[0])
 
+    @field_validator("model_cache_dir", "model_7b_path", "model_1b_path")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        """`~/models/x.gguf` in .env means the home directory, as in a shell."""
+        return value.expanduser()
+
     @field_validator("model_fallback")
     @classmethod
     def _known_backends(cls, value: str) -> str:
