@@ -174,3 +174,14 @@ def test_upstream_killed_mid_stream_gives_the_client_a_clean_error_event(tmp_pat
             assert health.status_code == 200
         finally:
             stop(process)
+
+
+def test_analysis_usage_is_logged_under_the_backend_that_answered() -> None:
+    from agentic.ideas.analyzer import TRIAGE_SYSTEM, CallRecord, IdeaAnalyzer
+    from agentic.ideas.schemas import Triage
+
+    calls: list[CallRecord] = []
+    with _manager(dead_url()) as manager:
+        IdeaAnalyzer(manager, retries=2, on_call=calls.append).structured(
+            "idea", "light", TRIAGE_SYSTEM, "Title: Dog bakery\nDescription: Treats for dogs.", Triage)
+    assert calls and all((call.backend, call.model) == ("llama_cpp", GEMMA) for call in calls)

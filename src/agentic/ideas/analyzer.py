@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ..errors import AgenticError, InvalidOutputError, InvalidRequestError
-from ..ml.base import BaseModelManager
+from ..ml.base import BaseModelManager, Model
 from .schemas import Analysis, Idea, IdeaResult, Triage, response_format
 
 __all__ = ["ANALYSIS_SYSTEM", "TRIAGE_SYSTEM", "CallRecord", "IdeaAnalyzer", "analysis_prompt", "idea_prompt"]
@@ -103,7 +103,6 @@ class IdeaAnalyzer:
             # A retry samples more freely: the same greedy-ish path would likely fail the same way.
             temperature = self.temperature if attempt == 1 else min(1.0, self.temperature + 0.3 * attempt)
             started = time.perf_counter()
-            usage: dict[str, Any] = {}
             answer: Any = None
             try:
                 with lock:
@@ -111,7 +110,6 @@ class IdeaAnalyzer:
                                                           temperature=temperature,
                                                           response_format=response_format(schema))
                 assert isinstance(answer, dict)
-                usage = answer.get("usage") or {}
                 content = answer["choices"][0]["message"].get("content") or ""
                 # strict=False: a raw newline inside a string (some servers' grammars allow it) is not worth
                 # a retry; the schema is what must hold.
@@ -126,21 +124,25 @@ class IdeaAnalyzer:
                 raise  # our request is wrong: a retry cannot fix it
             except AgenticError as exc:  # the backend failed after its own retries
                 problem = exc.message
-                self._record(idea_id, tier, model.backend, model.name, attempt, usage, started, problem, calls)
+                self._record(idea_id, tier, model, answer, attempt, started, problem, calls)
                 raise
             else:
-                self._record(idea_id, tier, model.backend, model.name, attempt, usage, started, None, calls)
+                self._record(idea_id, tier, model, answer, attempt, started, None, calls)
                 return value
-            self._record(idea_id, tier, model.backend, model.name, attempt, usage, started, problem, calls)
+            self._record(idea_id, tier, model, answer, attempt, started, problem, calls)
             _log.info("idea %s, %s tier, attempt %d: invalid output (%s)", idea_id, tier, attempt, problem)
         raise InvalidOutputError(f"The {tier} model ({model.name}) gave no valid {schema.__name__} in "
                                  f"{self.retries + 1} attempts; last problem: {problem}")
 
-    def _record(self, idea_id: str, tier: str, backend: str, model: str, attempt: int, usage: dict[str, Any],
-                started: float, error: str | None, calls: list[CallRecord] | None) -> None:
-        record = CallRecord(idea_id, tier, backend, model, attempt, int(usage.get("prompt_tokens") or 0),
-                            int(usage.get("completion_tokens") or 0), round(time.perf_counter() - started, 4),
-                            error is None, error)
+    def _record(self, idea_id: str, tier: str, model: Model, answer: Any, attempt: int, started: float,
+                error: str | None, calls: list[CallRecord] | None) -> None:
+        """Log one call under the backend and model that answered it (a fallback's, when one did)."""
+        answer = answer if isinstance(answer, dict) else {}
+        usage = answer.get("usage") or {}
+        backend = str(answer.get("system_fingerprint") or "").removeprefix("agentic-") or model.backend
+        record = CallRecord(idea_id, tier, backend, str(answer.get("model") or model.name), attempt,
+                            int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                            round(time.perf_counter() - started, 4), error is None, error)
         if calls is not None:
             calls.append(record)
         self.on_call(record)
