@@ -26,9 +26,15 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop(process)
 
 
+# 5xx answers the server may give by design: the model gave no valid JSON after its retries (the
+# 256-token context of this server cuts long analyses off), or the queue is full. Never a 500.
+EXPECTED_5XX = {502: "invalid_model_output", 503: "queue_full"}
+
+
 def _check(response: object) -> int:
     status = int(getattr(response, "status_code", 0))
-    assert status < 500, getattr(response, "text", "")
+    text = getattr(response, "text", "")
+    assert status < 500 or EXPECTED_5XX.get(status) == response.json()["error"]["code"], text  # type: ignore[attr-defined]
     if status >= 400:  # every error in OpenAI's envelope, naming what was wrong
         error = response.json()["error"]  # type: ignore[attr-defined]
         assert error["message"] and error["type"]
@@ -41,7 +47,8 @@ def _fuzz(url: str, path: str, method: str, examples: int, timeout: float) -> Co
     statuses: Counter[int] = Counter()
 
     @given(case=operation.as_strategy(), real_model=st.booleans())
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+              derandomize=True)  # the same cases every run: a failure reproduces
     def run(case: schemathesis.Case, real_model: bool) -> None:
         if real_model and isinstance(case.body, dict) and "model" in case.body:
             case.body["model"] = "heavy"  # half the cases get past the model lookup to the model itself
@@ -59,6 +66,6 @@ def _fuzz(url: str, path: str, method: str, examples: int, timeout: float) -> Co
 def test_fuzzed_requests_never_get_a_500(server_url: str, path: str, method: str, examples: int) -> None:
     statuses = _fuzz(server_url, path, method, examples, timeout=300)
     print(path, dict(statuses))
-    assert sum(statuses.values()) >= 1 and all(status < 500 for status in statuses)
+    assert sum(statuses.values()) >= 1 and 500 not in statuses
     if path in {"/v1/chat/completions", "/v1/completions"}:
         assert statuses[200] > 0 and sum(statuses.values()) > statuses[200]  # both answers and refusals
