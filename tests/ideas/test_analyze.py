@@ -192,3 +192,21 @@ async def test_ideas_route_returns_validated_analysis(llama: ModelManager) -> No
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "title"
         metrics = (await client.get("/metrics")).text
         assert 'endpoint="ideas"' in metrics
+
+
+@pytest.mark.slow
+def test_openai_backend_switches_format_once_under_concurrent_requests(
+    llama_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Requests that were already in flight when the server refused json_schema are resent too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = make_settings(model_backend="openai", openai_base_url=llama_server, openai_heavy_model="gemma",
+                             openai_light_model="gemma", openai_max_retries=0)
+    with OpenAIModelManager(settings) as manager, caplog.at_level(logging.WARNING):
+        analyzer = IdeaAnalyzer(manager, retries=2)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda i: analyzer.structured(
+                f"idea-{i}", "light", TRIAGE_SYSTEM, idea_prompt(f"Idea {i}", IDEA.description), Triage), range(4)))
+    assert all(isinstance(answer, Triage) for answer in answers)
+    assert sum("refused response_format json_schema" in r.getMessage() for r in caplog.records) == 1

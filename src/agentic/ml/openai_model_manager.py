@@ -112,10 +112,11 @@ class OpenAIChatModel(Model):
         except self._openai.APIStatusError as exc:
             if not self._refuses_json_schema(exc, request):
                 raise
-            _log.warning("%s refused response_format json_schema (%s): sending json_object with the schema "
-                         "from now on (OPENAI_RESPONSE_FORMAT=json_object skips this probe)", endpoint.url,
-                         exc.status_code)
-            self._schema_mode = "json_object"
+            if self._schema_mode == "auto":  # the first refusal switches; concurrent ones just resend
+                _log.warning("%s refused response_format json_schema (%s): sending json_object with the schema "
+                             "from now on (OPENAI_RESPONSE_FORMAT=json_object skips this probe)", endpoint.url,
+                             exc.status_code)
+                self._schema_mode = "json_object"
             request["response_format"] = self._response_format(params)
             return endpoint.client.chat.completions.create(**request)
 
@@ -129,8 +130,8 @@ class OpenAIChatModel(Model):
     def _refuses_json_schema(self, exc: Any, request: dict[str, Any]) -> bool:
         """A server without structured outputs rejects the json_schema type (llama.cpp's says so with a 500)."""
         sent = request.get("response_format") or {}
-        return (self._schema_mode == "auto" and sent.get("type") == "json_schema" and exc.status_code in {400, 422, 500}
-                and "json_schema" in str(getattr(exc, "message", exc)))
+        return (self._schema_mode != "json_schema" and sent.get("type") == "json_schema"
+                and exc.status_code in {400, 422, 500} and "json_schema" in str(getattr(exc, "message", exc)))
 
     def _whole(self, answer: Any) -> Iterator[Delta]:
         """A non-streamed answer: one delta with the server's own usage counts."""
