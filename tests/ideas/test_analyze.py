@@ -210,3 +210,22 @@ def test_openai_backend_switches_format_once_under_concurrent_requests(
                 f"idea-{i}", "light", TRIAGE_SYSTEM, idea_prompt(f"Idea {i}", IDEA.description), Triage), range(4)))
     assert all(isinstance(answer, Triage) for answer in answers)
     assert sum("refused response_format json_schema" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_engine_grammar_shortcut_matches_the_full_mask_when_greedy(llama: ModelManager) -> None:
+    """The batching engine masks only the top tokens after a refusal; greedy, that is exactly the answer of
+    llama-cpp-python's own sampler, which masks the whole vocabulary every step (MODEL_PARALLEL=1)."""
+    from agentic.ideas.analyzer import ANALYSIS_SYSTEM
+
+    def answers(manager: ModelManager) -> list[str]:
+        model, _ = manager.get(heavy=True)
+        return [model.create_chat_completion(  # type: ignore[index]
+            messages=[{"role": "system", "content": system},
+                      {"role": "user", "content": idea_prompt(IDEA.title, IDEA.description)}],
+            max_tokens=400, temperature=0, response_format=response_format(schema))["choices"][0]["message"]["content"]
+            for system, schema in ((TRIAGE_SYSTEM, Triage), (ANALYSIS_SYSTEM, Analysis))]
+
+    with ModelManager(make_settings(model_n_threads=2, model_parallel=1)) as serial:
+        expected = answers(serial)
+    assert answers(llama) == expected
+    Analysis.model_validate_json(expected[1])

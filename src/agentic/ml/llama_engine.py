@@ -60,10 +60,16 @@ class _Sequence:
 class _Grammar:
     """response_format's grammar, checked against the sampled token first.
 
-    Masking all 262k candidates of a vocabulary costs ~50 ms per token on a CPU, so, as llama.cpp's own
-    common sampler does, the sequence samples freely, the grammar judges that one token, and only when
-    it refuses it are the full logits masked and sampled again.
+    Masking all 262k candidates of a vocabulary costs ~20-50 ms per token on a CPU, so, as llama.cpp's
+    own common sampler does, the sequence samples freely and the grammar judges that one token. When it
+    refuses it (about one token in seven for a small model writing JSON), the grammar masks the `TOP`
+    most likely tokens and the sequence samples among those it allows; only when it allows none of them
+    is the whole vocabulary masked. Greedy decoding gives exactly the full-mask answer (every token
+    outside the top has a lower logit); sampling differs only in never reaching past the top `TOP`,
+    which the chain's own top-k (40) does anyway.
     """
+
+    TOP = 64
 
     def __init__(self, lib: Any, vocab: Any, text: str, root: str) -> None:
         self._lib = lib
@@ -73,7 +79,8 @@ class _Grammar:
                                       param="response_format")
         self._n_vocab = lib.llama_vocab_n_tokens(vocab)
         self._one = (lib.llama_token_data * 1)()
-        self._all: Any = None  # the whole vocabulary's candidates, allocated on the first refusal
+        self._top = (lib.llama_token_data * self.TOP)()
+        self._all: Any = None  # the whole vocabulary's candidates, allocated on the first full mask
 
     def sample(self, chain: Any, ctx: Any, index: int) -> int:
         lib = self._lib
@@ -90,11 +97,20 @@ class _Grammar:
         import numpy as np
 
         lib, n = self._lib, self._n_vocab
+        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), shape=(n,))
+        top = np.argpartition(logits, n - self.TOP)[n - self.TOP:]
+        for slot, token in enumerate(top):
+            self._top[slot].id, self._top[slot].logit, self._top[slot].p = int(token), float(logits[token]), 0.0
+        candidates = lib.llama_token_data_array(self._top, self.TOP, -1, False)
+        lib.llama_sampler_apply(self.sampler, ctypes.byref(candidates))
+        if any(self._top[slot].logit != float("-inf") for slot in range(self.TOP)):
+            lib.llama_sampler_apply(chain, ctypes.byref(candidates))
+            return int(self._top[candidates.selected].id)
         if self._all is None:
             self._all = (lib.llama_token_data * n)()
             self._view = np.frombuffer(self._all, dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
         self._view["id"] = np.arange(n, dtype=np.int32)
-        self._view["logit"] = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), shape=(n,))
+        self._view["logit"] = logits
         self._view["p"] = 0.0
         candidates = lib.llama_token_data_array(self._all, n, -1, False)
         lib.llama_sampler_apply(self.sampler, ctypes.byref(candidates))
