@@ -97,6 +97,8 @@ def local_cost(backend: str, model: str, workload: Workload, tokens_per_second: 
                         "(from `make bench` or a finished run)")
     hours = workload.total_output / tokens_per_second / 3600
     how = "measured in this run, prompt time included" if measured else "prompt time not counted"
+    if hardware_per_hour == 0:
+        how += "; pass --hardware-per-hour to price the machine time"
     return CostLine(backend, model, 0.0, hours * hardware_per_hour,
                     f"{hours * 60:.1f} min at {tokens_per_second:.3g} output tokens/s x ${hardware_per_hour:g}/h "
                     f"({how})")
