@@ -93,6 +93,22 @@ def test_disconnect_mid_stream_frees_the_model(server: str, client: openai.OpenA
     assert 'agentic_in_flight{backend="llama_cpp",tier="heavy"} 0.0' in metrics
 
 
+def test_disconnect_during_a_non_streaming_request_frees_the_model(server: str, client: openai.OpenAI) -> None:
+    body = {"model": "light", "messages": [{"role": "user", "content": "Tell a long story"}], "max_tokens": 900,
+            "temperature": 0.8, "seed": 1}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1 s and closes the connection
+        httpx.post(f"{server}/v1/chat/completions", json=body, timeout=1.0)
+    deadline = time.monotonic() + 10
+    metrics = ""
+    while 'endpoint="chat",status="499",tier="light"} 1.0' not in metrics and time.monotonic() < deadline:
+        time.sleep(0.2)
+        metrics = httpx.get(f"{server}/metrics").text
+    assert 'endpoint="chat",status="499",tier="light"} 1.0' in metrics  # stopped, not run to 900 tokens
+    assert 'agentic_in_flight{backend="llama_cpp",tier="light"} 0.0' in metrics
+    answer = client.chat.completions.create(model="light", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    assert answer.choices[0].finish_reason == "length" and answer.usage and answer.usage.completion_tokens == 3
+
+
 def test_queue_overflow_is_503_with_retry_after(tmp_path: Path) -> None:
     url, process = start_agentic_server(tmp_path, API_MAX_QUEUE="0", MODEL_PARALLEL="1")
     try:

@@ -165,7 +165,7 @@ def _sse(payload: dict[str, Any] | str) -> str:
 
 
 async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: int | None, stream: bool,
-                  include_usage: bool, call: ModelCall, prompt_text: str) -> Response:
+                  include_usage: bool, call: ModelCall, prompt_text: str, request: Request) -> Response:
     """Run one request on its tier: queue, thread, metrics, the request log line."""
     tier = state.tier_of(model_id)
     gate, labels = state.gates[tier], state.labels(tier)
@@ -180,8 +180,15 @@ async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: 
         model = await state.model(tier)
         _check_max_tokens(model, max_tokens)
         if not stream:
-            result = await asyncio.to_thread(call, model, False)
-            _record(state, labels, endpoint, 200, result.get("usage"), started, request_id, started)
+            if model.streams_usage:  # generated as a stream, so a client that hangs up stops it within a token
+                chunks = iterate_in_thread(lambda: call(model, True))
+                result = await _gather(chunks, request)
+            else:
+                result = await asyncio.to_thread(call, model, False)
+            usage = result.get("usage") if result is not None else None
+            _record(state, labels, endpoint, 200 if result is not None else 499, usage, started, request_id, started)
+            if result is None:
+                return Response(status_code=499)
             return JSONResponse(result, headers={"x-request-id": request_id, **_served_by(result)})
         chunks = iterate_in_thread(lambda: call(model, True))
         first = await chunks.__anext__()  # a bad prompt fails here, as a proper HTTP error
@@ -195,11 +202,28 @@ async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: 
             gate.release()
         if not streaming:
             state.leave()
-        if chunks is not None and not streaming:  # cancelled before the response started: stop the worker
+        if chunks is not None and not streaming:  # answered, failed or cancelled: stop the worker
             asyncio.ensure_future(chunks.aclose())  # type: ignore[attr-defined]
     return StreamingResponse(_stream_events(state, endpoint, labels, first, chunks, gate, include_usage, started,
                                             request_id), media_type="text/event-stream",
                              headers={"x-request-id": request_id, "cache-control": "no-cache", **_served_by(first)})
+
+
+async def _gather(chunks: AsyncIterator[dict[str, Any]], request: Request) -> dict[str, Any] | None:
+    """One completion / chat.completion dict from a stream's chunks; None when the client hung up first."""
+    head: dict[str, Any] = {}
+    text, finish, usage, chat = [], None, None, False
+    async for chunk in chunks:
+        head = head or chunk
+        choice = chunk["choices"][0]
+        chat = "delta" in choice
+        text.append((choice["delta"].get("content") if chat else choice.get("text")) or "")
+        finish, usage = choice["finish_reason"] or finish, chunk.get("usage") or usage
+        if finish is None and await request.is_disconnected():
+            return None
+    answer: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
+    answer.update({"message": {"role": "assistant", "content": "".join(text)}} if chat else {"text": "".join(text)})
+    return {**head, "object": "chat.completion" if chat else "text_completion", "choices": [answer], "usage": usage}
 
 
 def _served_by(result: dict[str, Any]) -> dict[str, str]:
@@ -359,7 +383,7 @@ async def _analyze_idea(state: ServerState, body: IdeaRequest) -> JSONResponse:
 
 def _add_routes(app: FastAPI, server: Server, auth: Any) -> None:
     @app.post("/v1/chat/completions", dependencies=[auth], summary="Chat completion (stream or not)")
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         messages = [message.plain() for message in body.messages]
         options = {**body.sampling(), "max_tokens": body.max_completion_tokens or body.max_tokens,
                    "response_format": body.response_format}
@@ -369,10 +393,10 @@ def _add_routes(app: FastAPI, server: Server, auth: Any) -> None:
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _answer(server.current, "chat", body.model, options["max_tokens"], body.stream, include_usage,
-                             call, json.dumps(messages, ensure_ascii=False))
+                             call, json.dumps(messages, ensure_ascii=False), request)
 
     @app.post("/v1/completions", dependencies=[auth], summary="Text completion (stream or not)")
-    async def completions(body: CompletionRequest) -> Response:
+    async def completions(body: CompletionRequest, request: Request) -> Response:
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1 or body.echo:
             raise InvalidRequestError("Only one prompt per request and echo=false are supported.", param="prompt")
@@ -383,7 +407,7 @@ def _add_routes(app: FastAPI, server: Server, auth: Any) -> None:
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _answer(server.current, "completions", body.model, body.max_tokens, body.stream, include_usage,
-                             call, prompts[0])
+                             call, prompts[0], request)
 
     @app.post("/v1/ideas/analyze", dependencies=[auth], summary="One business idea: light triage, heavy analysis")
     async def analyze_idea(body: IdeaRequest) -> JSONResponse:

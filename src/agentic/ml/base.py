@@ -213,6 +213,9 @@ class Model(ABC):
     concurrent: bool = False
     # Calls a batching engine generates together; the lock from `manager.get()` admits this many callers.
     parallel: int = 1
+    # Whether a streamed answer carries the same usage counts as a whole one (a remote server may omit them
+    # from streams); the API server streams non-streaming requests internally only when it does.
+    streams_usage: bool = True
 
     def __init__(self, name: str, context_size: int) -> None:
         self.name = name

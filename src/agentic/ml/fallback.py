@@ -39,6 +39,7 @@ class FallbackModel(Model):
     """A tier served by the first backend of the chain that can answer."""
 
     concurrent = True  # each backend's own model serializes or batches its calls
+    streams_usage = False  # the answering backend may be a remote one
 
     def __init__(self, owner: FallbackManager, heavy: bool) -> None:
         manager = owner.first_configured()

@@ -54,6 +54,7 @@ class OpenAIChatModel(Model):
 
     backend = "openai"
     concurrent = True  # the SDK client is thread-safe and the server takes parallel requests
+    streams_usage = False  # some servers (llama.cpp's) send no usage in streams
 
     def __init__(self, pool: EndpointPool, name: str, settings: Settings) -> None:
         super().__init__(name, 0)
