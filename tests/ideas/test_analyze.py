@@ -87,14 +87,19 @@ def test_transformers_structured_output_by_constrained_decoding() -> None:
         assert all(1 <= score <= 10 for score in _scores(manager, 3))
 
 
+def _peer_manager(llama_server: str) -> OpenAIModelManager:
+    """The openai backend on the session's llama_cpp.server, both tiers on its Gemma."""
+    return OpenAIModelManager(make_settings(model_backend="openai", openai_base_url=llama_server,
+                                            openai_heavy_model="gemma", openai_light_model="gemma",
+                                            openai_max_retries=0))
+
+
 @pytest.mark.slow
 def test_openai_backend_structured_output_on_llama_cpp_server(
     llama_server: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = make_settings(model_backend="openai", openai_base_url=llama_server, openai_heavy_model="gemma",
-                             openai_light_model="gemma", openai_max_retries=0)
     calls: list[CallRecord] = []
-    with OpenAIModelManager(settings) as manager, caplog.at_level(logging.WARNING):
+    with _peer_manager(llama_server) as manager, caplog.at_level(logging.WARNING):
         # retries: the peer's grammar lets through a rare answer that does not validate (seen ~1 in 10 runs)
         result = IdeaAnalyzer(manager, retries=2, on_call=calls.append).analyze(IDEA)
     assert result.status == "ok", result.error
@@ -201,9 +206,7 @@ def test_openai_backend_switches_format_once_under_concurrent_requests(
     """Requests that were already in flight when the server refused json_schema are resent too."""
     from concurrent.futures import ThreadPoolExecutor
 
-    settings = make_settings(model_backend="openai", openai_base_url=llama_server, openai_heavy_model="gemma",
-                             openai_light_model="gemma", openai_max_retries=0)
-    with OpenAIModelManager(settings) as manager, caplog.at_level(logging.WARNING):
+    with _peer_manager(llama_server) as manager, caplog.at_level(logging.WARNING):
         analyzer = IdeaAnalyzer(manager, retries=2)
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda i: analyzer.structured(
