@@ -45,6 +45,7 @@ from ..ideas.analyzer import ANALYSIS_SYSTEM, TRIAGE_SYSTEM, CallRecord, IdeaAna
 from ..ideas.schemas import Analysis, Triage
 from ..ml.base import BaseModelManager, Model
 from ..ml.model_factory import create_model_manager
+from ..ml.shapes import answered_by
 from .metrics import Metrics
 from .runtime import ModelGate, iterate_in_thread
 from .schemas import ChatCompletionRequest, CompletionRequest, IdeaRequest
@@ -228,8 +229,8 @@ async def _gather(chunks: AsyncIterator[dict[str, Any]], request: Request) -> di
 
 def _served_by(result: dict[str, Any]) -> dict[str, str]:
     """The x-agentic-backend header: the backend that answered (a fallback's, when one did)."""
-    fingerprint = str(result.get("system_fingerprint") or "")
-    return {"x-agentic-backend": fingerprint.removeprefix("agentic-")} if fingerprint else {}
+    backend = answered_by(result)
+    return {"x-agentic-backend": backend} if backend else {}
 
 
 async def _stream_events(state: ServerState, endpoint: str, labels: dict[str, str], first: dict[str, Any],

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import AgenticError, InvalidOutputError, InvalidRequestError
 from ..ml.base import BaseModelManager, Model
+from ..ml.shapes import answered_by
 from .schemas import Analysis, Idea, IdeaResult, Triage, response_format
 
 __all__ = ["ANALYSIS_SYSTEM", "TRIAGE_SYSTEM", "CallRecord", "IdeaAnalyzer", "analysis_prompt", "idea_prompt"]
@@ -139,7 +140,7 @@ class IdeaAnalyzer:
         """Log one call under the backend and model that answered it (a fallback's, when one did)."""
         answer = answer if isinstance(answer, dict) else {}
         usage = answer.get("usage") or {}
-        backend = str(answer.get("system_fingerprint") or "").removeprefix("agentic-") or model.backend
+        backend = answered_by(answer) or model.backend
         record = CallRecord(idea_id, tier, backend, str(answer.get("model") or model.name), attempt,
                             int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
                             round(time.perf_counter() - started, 4), error is None, error)

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .base import Delta
 
-__all__ = ["ResultShape"]
+__all__ = ["ResultShape", "answered_by"]
+
+FINGERPRINT_PREFIX = "agentic-"
+
+
+def answered_by(result: dict[str, Any]) -> str | None:
+    """The backend that answered a result or chunk, from its system_fingerprint (None if it has none)."""
+    fingerprint = str(result.get("system_fingerprint") or "")
+    return fingerprint.removeprefix(FINGERPRINT_PREFIX) if fingerprint.startswith(FINGERPRINT_PREFIX) else None
 
 
 @dataclass
@@ -33,7 +41,7 @@ class ResultShape:
     def _head(self, object_name: str) -> dict[str, Any]:
         # system_fingerprint names the backend that answered (OpenAI: "the backend configuration").
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
-                "system_fingerprint": f"agentic-{self.backend}"}
+                "system_fingerprint": f"{FINGERPRINT_PREFIX}{self.backend}"}
 
     def _served(self, deltas: Iterator[Delta]) -> Generator[Delta, None, None]:
         """Take the answering backend and model from the first delta (set when a fallback answered)."""
