@@ -133,8 +133,12 @@ class Server:
         Requests already running finish on the old manager, which is freed after the last one.
         """
         async with self._reloading:
-            settings = await asyncio.to_thread(load_settings, self.env_file)
-            manager = await asyncio.to_thread(create_model_manager, settings)
+            try:
+                settings = await asyncio.to_thread(load_settings, self.env_file)
+                manager = await asyncio.to_thread(create_model_manager, settings)
+            except AgenticError:
+                self.metrics.reloads.labels(result="refused").inc()
+                raise
             old, self.current = self.current, ServerState(settings, manager, self.metrics)
             if _workers(self.current) > _workers(old):  # more parallel calls than the thread pool was sized for
                 asyncio.get_running_loop().set_default_executor(
@@ -150,7 +154,6 @@ class Server:
         try:
             await self.reload()
         except AgenticError as exc:
-            self.metrics.reloads.labels(result="refused").inc()
             _log.error("reload refused, the previous configuration keeps serving: %s", exc.message)
 
 
@@ -195,8 +198,7 @@ async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: 
         first = await chunks.__anext__()  # a bad prompt fails here, as a proper HTTP error
         streaming = True
     except AgenticError as exc:
-        state.metrics.errors.labels(**labels, code=exc.code or exc.error_type).inc()
-        _record(state, labels, endpoint, exc.status_code, None, started, request_id, started)
+        _record(state, labels, endpoint, exc.status_code, None, started, request_id, started, exc)
         raise
     finally:
         if acquired and not streaming:
@@ -237,7 +239,7 @@ async def _stream_events(state: ServerState, endpoint: str, labels: dict[str, st
                          chunks: AsyncIterator[dict[str, Any]], gate: ModelGate, include_usage: bool, started: float,
                          request_id: str) -> AsyncIterator[str]:
     """SSE: the chunks, a usage chunk when asked, `[DONE]`; an error mid-stream becomes an error event."""
-    first_token_at, usage, status = time.perf_counter(), None, 200
+    first_token_at, usage, status, error = time.perf_counter(), None, 200, None
     try:
         chunk: dict[str, Any] | None = first
         while chunk is not None:
@@ -248,8 +250,7 @@ async def _stream_events(state: ServerState, endpoint: str, labels: dict[str, st
             yield _sse({**{k: first[k] for k in ("id", "object", "created", "model")}, "choices": [], "usage": usage})
         yield _sse("[DONE]")
     except AgenticError as exc:
-        status = exc.status_code
-        state.metrics.errors.labels(**labels, code=exc.code or exc.error_type).inc()
+        status, error = exc.status_code, exc
         yield _sse(exc.to_openai())
     except (asyncio.CancelledError, GeneratorExit):
         status = 499  # the client went away: its generation was stopped and its slot freed
@@ -259,13 +260,16 @@ async def _stream_events(state: ServerState, endpoint: str, labels: dict[str, st
         # await here would be interrupted, leaking the slot. The worker stops within one token.
         gate.release()
         state.leave()
-        _record(state, labels, endpoint, status, usage, started, request_id, first_token_at)
+        _record(state, labels, endpoint, status, usage, started, request_id, first_token_at, error)
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def _record(state: ServerState, labels: dict[str, str], endpoint: str, status: int, usage: dict[str, int] | None,
-            started: float, request_id: str, first_token_at: float) -> None:
+            started: float, request_id: str, first_token_at: float, error: AgenticError | None = None) -> None:
+    """Metrics and the log line of one finished request (`error`: what ended it, counted by its code)."""
     metrics, elapsed = state.metrics, time.perf_counter() - started
+    if error is not None:
+        metrics.errors.labels(**labels, code=error.code or error.error_type).inc()
     metrics.requests.labels(**labels, endpoint=endpoint, status=str(status)).inc()
     metrics.latency.labels(**labels).observe(elapsed)
     metrics.time_to_first_token.labels(**labels).observe(first_token_at - started)
@@ -364,8 +368,7 @@ async def _analyze_idea(state: ServerState, body: IdeaRequest) -> JSONResponse:
             await state.model(tier)
             return await asyncio.to_thread(analyzer.structured, request_id, tier, system, text, schema, calls)
         except AgenticError as exc:
-            state.metrics.errors.labels(**labels, code=exc.code or exc.error_type).inc()
-            _record(state, labels, "ideas", exc.status_code, None, started, request_id, started)
+            _record(state, labels, "ideas", exc.status_code, None, started, request_id, started, exc)
             raise
         finally:
             gate.release()
@@ -445,7 +448,6 @@ def _add_routes(app: FastAPI, server: Server, auth: Any) -> None:
         try:
             state = await server.reload()
         except AgenticError as exc:
-            server.metrics.reloads.labels(result="refused").inc()
             raise ReloadRefusedError(f"Reload refused, the previous configuration keeps serving: {exc.message}",
                                      param=exc.param) from None
         return {"status": "reloaded", "backend": state.manager.backend,
