@@ -159,3 +159,15 @@ def test_closing_a_batched_stream_ends_its_row(manager: GPUModelManager) -> None
     quick = model(prompt="Hi", max_tokens=2, temperature=0)  # waits only for the closed row's batch to end
     assert quick["usage"]["completion_tokens"] == 2
     assert time.monotonic() - started < 30  # 500 tokens at ~10/s would take far longer
+
+
+def test_batcher_close_is_idempotent_and_refuses_new_work() -> None:
+    """As the llama.cpp engine does: after close, no worker would answer, so generate refuses at once."""
+    from agentic.errors import ModelLoadError
+    from agentic.ml.transformers_engine import TransformersBatcher
+
+    batcher = TransformersBatcher(lambda **inputs: None, "cpu", 0, {1}, lambda *args: 1, slots=2)
+    batcher.close()
+    batcher.close()
+    with pytest.raises(ModelLoadError, match="closed"):
+        batcher.generate([1, 2, 3], 4, 0.0, 1.0, None)

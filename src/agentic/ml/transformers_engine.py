@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ModelLoadError
+
 __all__ = ["TransformersBatcher"]
 
 _log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class TransformersBatcher:
         """Token ids of one request as they are sampled; closing the iterator ends its row."""
         row = _Row(list(prompt), limit, temperature, top_p, seed, constraint)
         with self._wake:
+            if self._closed:  # no worker would ever answer: refuse rather than wait forever
+                raise ModelLoadError("The model was closed; create the manager again.")
             self._waiting.append(row)
             self._wake.notify()
         return self._read(row)
