@@ -1,0 +1,125 @@
+"""The server's configuration at run time: what a request runs on, and the switch a reload makes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..config import Settings, load_settings
+from ..errors import AgenticError, ModelNotFoundError
+from ..ml.base import BaseModelManager, Model
+from ..ml.model_factory import create_model_manager
+from .metrics import Metrics
+from .runtime import ModelGate
+
+__all__ = ["TIERS", "Server", "ServerState", "workers"]
+
+_log = logging.getLogger("agentic.api")
+TIERS = ("heavy", "light")
+
+
+class ServerState:
+    """One configuration: settings, the manager, one gate per loaded model. A reload makes a new one."""
+
+    def __init__(self, settings: Settings, manager: BaseModelManager, metrics: Metrics) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.metrics = metrics
+        self.keys = settings.api_key_list
+        self.active = 0  # requests running on this configuration
+        self.retired = False  # replaced by a reload: freed when its last request ends
+        capacity = manager.capacity()
+        gates: dict[str, ModelGate] = {}
+        for tier in TIERS:
+            spec = manager.specs[tier]
+            gates.setdefault(spec.key, ModelGate(spec.name, capacity, settings.api_max_queue))
+        self.gates = {tier: gates[manager.specs[tier].key] for tier in TIERS}
+        listeners = getattr(manager, "listeners", None)
+        if listeners is not None:  # a FallbackManager: count each failover
+            listeners.append(lambda tier, failed, served, code: metrics.fallbacks.labels(
+                tier=tier, from_backend=failed, to_backend=served, reason=code).inc())
+
+    def tier_of(self, model_id: str) -> str:
+        """`heavy`, `light`, or a tier's real model name; anything else is a 404, never another model."""
+        if model_id in TIERS:
+            return model_id
+        for tier in TIERS:
+            if self.manager.specs[tier].name == model_id:
+                return tier
+        names = sorted({*TIERS, *(self.manager.specs[tier].name for tier in TIERS)})
+        raise ModelNotFoundError(f"The model {model_id!r} does not exist here. Use one of: {', '.join(names)} "
+                                 "(GET /v1/models lists them).")
+
+    async def model(self, tier: str) -> Model:
+        """The tier's model, loaded in a worker thread on first use."""
+        model, _ = await asyncio.to_thread(self.manager.get, tier == "heavy")
+        return model
+
+    def labels(self, tier: str) -> dict[str, str]:
+        return {"tier": tier, "backend": self.manager.backend}
+
+    def enter(self) -> ServerState:
+        self.active += 1
+        return self
+
+    def leave(self) -> None:
+        """One request ended; the last one on a retired configuration frees its models."""
+        self.active -= 1
+        if self.retired and self.active == 0:
+            self._free()
+
+    def retire(self) -> None:
+        self.retired = True
+        if self.active == 0:
+            self._free()
+
+    def _free(self) -> None:
+        _log.info("freeing the previous configuration (%s)", self.manager.backend)
+        threading.Thread(target=self.manager.close, name="agentic-free", daemon=True).start()
+
+
+class Server:
+    """What one app holds across reloads: the metrics and the configuration new requests use."""
+
+    def __init__(self, settings: Settings, manager: BaseModelManager, env_file: str | Path | None = ".env") -> None:
+        self.metrics = Metrics()
+        self.current = ServerState(settings, manager, self.metrics)
+        self.env_file = env_file
+        self._reloading = asyncio.Lock()
+
+    async def reload(self) -> ServerState:
+        """Re-read the settings and switch to a new manager; a bad config raises and changes nothing.
+
+        Requests already running finish on the old manager, which is freed after the last one.
+        """
+        async with self._reloading:
+            try:
+                settings = await asyncio.to_thread(load_settings, self.env_file)
+                manager = await asyncio.to_thread(create_model_manager, settings)
+            except AgenticError:
+                self.metrics.reloads.labels(result="refused").inc()
+                raise
+            old, self.current = self.current, ServerState(settings, manager, self.metrics)
+            if workers(self.current) > workers(old):  # more parallel calls than the thread pool was sized for
+                asyncio.get_running_loop().set_default_executor(
+                    ThreadPoolExecutor(workers(self.current), "agentic-model"))
+            self.metrics.reloads.labels(result="ok").inc()
+            _log.info("reloaded: backend %s -> %s, heavy %s, light %s", old.manager.backend, manager.backend,
+                      manager.specs["heavy"].name, manager.specs["light"].name)
+            old.retire()
+            return self.current
+
+    async def reload_logged(self) -> None:
+        """SIGHUP: reload, or log why not and keep serving."""
+        try:
+            await self.reload()
+        except AgenticError as exc:
+            _log.error("reload refused, the previous configuration keeps serving: %s", exc.message)
+
+
+def workers(state: ServerState) -> int:
+    """Threads for model calls: every gate's capacity, plus a few for loading and readiness checks."""
+    return sum(gate.capacity for gate in set(state.gates.values())) + 4
