@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -24,6 +25,7 @@ __all__ = [
     "Settings",
     "SettingSource",
     "apply_gpu_environment",
+    "display_url",
     "effective_values",
     "load_settings",
     "physical_cores",
@@ -117,6 +119,38 @@ class Settings(BaseSettings):
         Path.home() / ".cache" / "agentic", "MODEL_CACHE_DIR",
         "Where the embedded model is assembled and converted models are cached.",
     )
+    model_schema_max_bytes: int = _field(
+        32_768, "MODEL_SCHEMA_MAX_BYTES",
+        "Largest response_format JSON schema, in bytes of JSON; a larger one is a 400 before any grammar is built.",
+        ge=256, le=1_048_576,
+    )
+    model_schema_max_depth: int = _field(
+        32, "MODEL_SCHEMA_MAX_DEPTH", "Deepest nesting of objects and lists in a response_format schema.",
+        ge=2, le=128,
+    )
+    model_schema_max_enum: int = _field(
+        1_024, "MODEL_SCHEMA_MAX_ENUM", "Most values in one enum of a response_format schema.", ge=1, le=100_000
+    )
+    model_schema_max_repeat: int = _field(
+        1_000, "MODEL_SCHEMA_MAX_REPEAT",
+        "Largest minLength / maxLength / minItems / maxItems / min-maxProperties, and largest {m,n} bound of a "
+        "pattern (nested bounds multiplied): grammars spell each repetition out. At most 1000: llama.cpp's "
+        "grammar parser refuses more, and crashes far past it.", ge=1, le=1_000,
+    )
+    model_schema_max_pattern: int = _field(
+        1_000, "MODEL_SCHEMA_MAX_PATTERN", "Longest regex `pattern` in a response_format schema, in characters.",
+        ge=1, le=100_000,
+    )
+    model_grammar_max_bytes: int = _field(
+        65_536, "MODEL_GRAMMAR_MAX_BYTES",
+        "Largest grammar (GBNF text) llama.cpp may compile from a schema; a larger one is a 400.",
+        ge=1_024, le=4_194_304,
+    )
+    model_grammar_time_budget: float = _field(
+        10.0, "MODEL_GRAMMAR_TIME_BUDGET",
+        "Seconds one llama.cpp sequence may spend enforcing its grammar (masking tokens) in all; past it the "
+        "request ends with a schema_too_complex error instead of slowing every other sequence.", gt=0,
+    )
     cuda_visible_devices: str | None = _field(
         None, "CUDA_VISIBLE_DEVICES", "Which GPUs CUDA may use; passed through to CUDA."
     )
@@ -178,6 +212,20 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = _field(
         4 * 1024 * 1024, "API_MAX_BODY_BYTES", "Largest request body accepted (413 past it).", ge=1024
     )
+    api_max_connections: int = _field(
+        256, "API_MAX_CONNECTIONS",
+        "Most open connections (plus requests in progress); past it new requests get 503 (uvicorn's "
+        "limit_concurrency).", ge=1, le=100_000,
+    )
+    api_header_timeout: float = _field(
+        10.0, "API_HEADER_TIMEOUT",
+        "Seconds a connection may take to send a request's headers (a new or an idle kept-alive one) before "
+        "it is closed.", gt=0,
+    )
+    api_body_timeout: float = _field(
+        30.0, "API_BODY_TIMEOUT", "Seconds a client may take to send a request body; past it the answer is 408.",
+        gt=0,
+    )
     api_log_prompts: bool = _field(
         False, "API_LOG_PROMPTS", "Log prompt text with each request (off: only ids, tiers, tokens, latency)."
     )
@@ -188,6 +236,14 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: Any) -> Any:
         """An empty `OPENAI_API_KEY=` line in .env means "not set", not an empty key."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_keys", "api_admin_keys")
+    @classmethod
+    def _holds_a_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """`API_KEYS=,` must not read as SET while it accepts no key."""
+        if value is not None and not _split_secret(value):
+            raise ValueError("it holds no key, only commas or spaces; give key1,key2 or leave it unset")
+        return value
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -246,6 +302,14 @@ class Settings(BaseSettings):
     def threads(self) -> int:
         """Effective llama.cpp thread count."""
         return self.model_n_threads or physical_cores()
+
+
+def display_url(url: str) -> str:
+    """`url` as it may be shown (config, logs, errors, /v1/backend): without `user:password@`."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _split_secret(secret: SecretStr | None) -> list[str]:
@@ -312,6 +376,8 @@ def effective_values(settings: Settings) -> list[tuple[str, str, SettingSource]]
             shown = "SET" if value else "NOT SET"
         elif field == "model_n_threads" and not value:
             shown = f"(auto: {settings.threads} physical cores)"
+        elif field == "openai_base_url" and value:
+            shown = ",".join(display_url(url) for url in settings.openai_base_urls)
         else:
             shown = "" if value is None else str(value)
         rows.append((Settings.env_name(field), shown, sources[field]))

@@ -9,6 +9,7 @@ __all__ = [
     "ClientAuthenticationError",
     "ConfigError",
     "ContextLengthExceededError",
+    "EngineFailedError",
     "InvalidAPIKeyError",
     "InvalidOutputError",
     "InvalidRequestError",
@@ -21,6 +22,8 @@ __all__ = [
     "PayloadTooLargeError",
     "RateLimitError",
     "ReloadRefusedError",
+    "RequestTimeoutError",
+    "SchemaTooComplexError",
     "ServerBusyError",
     "UpstreamConnectionError",
     "UpstreamError",
@@ -94,6 +97,13 @@ class InvalidRequestError(AgenticError, ValueError):
     code = "invalid_value"
 
 
+class SchemaTooComplexError(InvalidRequestError):
+    """A response_format schema is over a limit that keeps grammar compilation safe (or too slow to enforce)."""
+
+    code = "schema_too_complex"
+    param = "response_format"
+
+
 class ContextLengthExceededError(InvalidRequestError):
     """The prompt does not fit the context window; nothing is truncated silently."""
 
@@ -162,6 +172,14 @@ class OutOfMemoryError(AgenticError):
     code = "out_of_memory"
 
 
+class EngineFailedError(AgenticError):
+    """A model's worker failed while this request was waiting or running; the worker was restarted."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "engine_failed"
+
+
 class ServerBusyError(AgenticError):
     """A tier's queue is full; the client should retry after a pause."""
 
@@ -201,3 +219,11 @@ class PayloadTooLargeError(AgenticError):
     status_code = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RequestTimeoutError(AgenticError):
+    """The client sent its request body too slowly (API_BODY_TIMEOUT)."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -11,13 +14,17 @@ import pytest
 from typer.testing import CliRunner
 
 from agentic.cli import app
+from agentic.config import Settings
 from agentic.cost import PriceTable
-from agentic.errors import ConfigError
+from agentic.errors import ConfigError, ModelLoadError
 from agentic.ideas.analyzer import CallRecord
 from agentic.ideas.loader import load_ideas
 from agentic.ideas.report import build_report
+from agentic.ideas.runner import analyze_file
 from agentic.ideas.schemas import Analysis, Idea, IdeaResult, Triage
 from agentic.ideas.store import ResultsLog, UsageDB
+from agentic.ml.base import BaseModelManager, Model, ModelSpec
+from conftest import make_settings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -99,6 +106,80 @@ def test_results_log_survives_a_line_cut_short(tmp_path: Path) -> None:
     assert set(log.load()) == {first.id}
     log.append(second)  # the next run starts a new line instead of gluing onto the broken one
     assert set(log.load()) == {first.id, second.id}
+
+
+class _NoModel(BaseModelManager):
+    """A manager with no model: every idea it is asked to run fails at once, so a test sees which ones ran."""
+
+    backend = "none"
+
+    @classmethod
+    def tier_labels(cls, settings: Settings) -> tuple[str, str]:
+        return "none", "none"
+
+    def _resolve(self, heavy: bool) -> ModelSpec:
+        return ModelSpec("none", "none", "test")
+
+    def _load(self, spec: ModelSpec) -> Model:
+        raise ModelLoadError("no model in this test")
+
+    def load_all(self) -> None:
+        """Nothing to load up front; `get` fails per idea."""
+
+
+def _cut_inside_a_character(result: IdeaResult) -> bytes:
+    """The result's line cut right after the first byte of its first multi-byte character."""
+    line = result.model_dump_json().encode("utf-8")
+    start = next(index for index, byte in enumerate(line) if byte >= 0xC0)
+    return line[:start + 1]
+
+
+def test_resume_after_a_line_cut_inside_a_multibyte_character(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    ideas_path = tmp_path / "ideas.csv"
+    ideas_path.write_text("title,description\nCafé crème,Coffee for everyone\nThé vert,Tea – green and hot\n",
+                          encoding="utf-8")
+    (first, second), _ = load_ideas(ideas_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    done = IdeaResult(id=first.id, status="ok", idea=first, backend="llama_cpp")
+    cut = _cut_inside_a_character(IdeaResult(id=second.id, status="ok", idea=second, backend="llama_cpp"))
+    (out / "results.jsonl").write_bytes(done.model_dump_json().encode("utf-8") + b"\n" + cut)
+    with caplog.at_level(logging.WARNING, logger="agentic.ideas.store"):
+        summary = analyze_file(_NoModel(make_settings()), ideas_path, out, show_progress=False)
+    assert f"{out / 'results.jsonl'}:2 is not a complete result" in caplog.text
+    assert (summary.skipped, summary.failed) == (1, 1)  # the good line is kept, the cut idea ran again
+    results = ResultsLog(out / "results.jsonl").load()
+    assert results[first.id] == done and results[second.id].status == "failed"
+    assert (out / "results.jsonl").read_bytes().split(b"\n")[1] == cut  # the new result went on a line of its own
+
+
+def test_results_log_appends_after_a_cut_multibyte_character(tmp_path: Path) -> None:
+    log = ResultsLog(tmp_path / "results.jsonl")
+    first, second = _result("Crème brûlée", 7), _result("Ünïcode", 3)
+    log.append(first)
+    with log.path.open("ab") as file:
+        file.write(_cut_inside_a_character(second))
+    log.append(second)
+    assert set(log.load()) == {first.id, second.id}
+
+
+@pytest.mark.parametrize("case", ["file", "under a file"])
+def test_analyze_out_that_is_not_a_folder_is_a_one_line_error(tmp_path: Path, case: str) -> None:
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    out = blocker if case == "file" else blocker / "run"
+    ideas = tmp_path / "ideas.csv"
+    ideas.write_text("title,description\nA shop,Sells things\n")
+    process = subprocess.run([sys.executable, "-m", "agentic.cli", "analyze", str(ideas), "--out", str(out)],
+                             capture_output=True, text=True, timeout=300)
+    assert process.returncode == 2, process.stderr
+    assert "Traceback" not in process.stderr
+    error = [line for line in process.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and f"--out {out}" in error[0] and "pick a folder" in error[0]
+    if case == "file":
+        assert "is a file, not a folder" in error[0]
+    assert blocker.read_text() == "not a folder"
 
 
 def test_cost_from_a_finished_run(tmp_path: Path) -> None:

@@ -26,19 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import Settings, effective_values, load_settings
-from ..errors import (
-    AdminDisabledError,
-    AgenticError,
-    InvalidRequestError,
-    ReloadRefusedError,
-    ServerBusyError,
-)
+from ..errors import AgenticError, ClientAuthenticationError, EngineFailedError, InvalidRequestError, ReloadRefusedError
 from ..ideas.analyzer import ANALYSIS_SYSTEM, TRIAGE_SYSTEM, CallRecord, IdeaAnalyzer, analysis_prompt, idea_prompt
 from ..ideas.schemas import Analysis, Triage
 from ..ml.base import BaseModelManager, Model
@@ -46,13 +40,14 @@ from ..ml.model_factory import create_model_manager
 from ..ml.shapes import answered_by
 from .runtime import ModelGate, iterate_in_thread
 from .schemas import ChatCompletionRequest, CompletionRequest, IdeaRequest
-from .security import BodyLimit, check_bearer, check_bind_address
+from .security import RequestGuard, check_bearer, check_bind_address, guarded_protocol, route_keys
 from .state import TIERS, Server, ServerState, workers
 
 __all__ = ["Server", "ServerState", "create_app", "main", "serve"]
 
 _log = logging.getLogger("agentic.api")
 ModelCall = Callable[[Model, bool], Any]
+SHUTDOWN_GRACE_S = 30  # on SIGTERM, streams still running after this long are cut (uvicorn waits forever)
 
 
 def _check_max_tokens(model: Model, max_tokens: int | None) -> None:
@@ -150,6 +145,11 @@ async def _stream_events(state: ServerState, endpoint: str, labels: dict[str, st
     except AgenticError as exc:
         status, error = exc.status_code, exc
         yield _sse(exc.to_openai())
+    except Exception as exc:  # noqa: BLE001 - a bug must end the stream with an error event, not a cut connection
+        _log.exception("request id=%s failed mid-stream", request_id)
+        error = EngineFailedError(f"Internal error while generating ({type(exc).__name__}); see the server log.")
+        status = error.status_code
+        yield _sse(error.to_openai())
     except (asyncio.CancelledError, GeneratorExit):
         status = 499  # the client went away: its generation was stopped and its slot freed
         raise
@@ -180,7 +180,8 @@ def _record(state: ServerState, labels: dict[str, str], endpoint: str, status: i
 
 
 def _error_response(exc: AgenticError) -> JSONResponse:
-    headers = {"retry-after": str(exc.retry_after)} if isinstance(exc, ServerBusyError) else None
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"retry-after": str(retry_after)} if retry_after is not None else None
     return JSONResponse(exc.to_openai(), status_code=exc.status_code, headers=headers)
 
 
@@ -198,6 +199,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
         if error["type"] == "json_invalid":
             message, where = "The request body is not valid JSON.", "body"
+        elif error["type"] == "agentic_request":  # our own validators name the field themselves
+            message, where = error["msg"], error["ctx"]["param"]
         else:
             message = f"Invalid value for '{where}': {error['msg']}."
         return _error_response(InvalidRequestError(message, param=where))
@@ -215,13 +218,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings | None = None, manager: BaseModelManager | None = None,
-               env_file: str | Path | None = ".env") -> FastAPI:
+               env_file: str | Path | None = ".env", host: str | None = None) -> FastAPI:
     """The FastAPI app over the configured backend (models load now when MODEL_PRELOAD=true).
 
-    `env_file` is what POST /admin/reload and SIGHUP read again.
+    `env_file` is what POST /admin/reload and SIGHUP read again; `host` (default API_HOST) is the
+    address the server listens on, which every reloaded configuration must keep safe.
     """
     settings = settings if settings is not None else load_settings(env_file)
-    server = Server(settings, manager if manager is not None else create_model_manager(settings), env_file)
+    server = Server(settings, manager if manager is not None else create_model_manager(settings), env_file, host)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -237,13 +241,10 @@ def create_app(settings: Settings | None = None, manager: BaseModelManager | Non
     app = FastAPI(title="agentic", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API over llama.cpp, the OpenAI API or transformers.")
     app.state.agentic = server
-    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
+    app.add_middleware(RequestGuard, keys_for=lambda path: route_keys(server.current.settings, path),
+                       limit=settings.api_max_body_bytes, body_timeout=settings.api_body_timeout)
     _install_error_handlers(app)
-
-    async def require_key(request: Request) -> None:
-        check_bearer(request.headers.get("authorization"), server.current.keys)
-
-    _add_routes(app, server, Depends(require_key))
+    _add_routes(app, server)
     return app
 
 
@@ -278,8 +279,9 @@ async def _analyze_idea(state: ServerState, body: IdeaRequest) -> JSONResponse:
                          "attempts": len(calls), "usage": usage}, headers={"x-request-id": request_id})
 
 
-def _add_routes(app: FastAPI, server: Server, auth: Any) -> None:
-    @app.post("/v1/chat/completions", dependencies=[auth], summary="Chat completion (stream or not)")
+def _add_routes(app: FastAPI, server: Server) -> None:
+    """The routes; keys were checked by RequestGuard before any of them runs (/v1: API_KEYS, /admin: API_ADMIN_KEYS)."""
+    @app.post("/v1/chat/completions", summary="Chat completion (stream or not)")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         messages = [message.plain() for message in body.messages]
         options = {**body.sampling(), "max_tokens": body.max_completion_tokens or body.max_tokens,
@@ -292,7 +294,7 @@ def _add_routes(app: FastAPI, server: Server, auth: Any) -> None:
         return await _answer(server.current, "chat", body.model, options["max_tokens"], body.stream, include_usage,
                              call, json.dumps(messages, ensure_ascii=False), request)
 
-    @app.post("/v1/completions", dependencies=[auth], summary="Text completion (stream or not)")
+    @app.post("/v1/completions", summary="Text completion (stream or not)")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1 or body.echo:
@@ -306,7 +308,7 @@ def _add_routes(app: FastAPI, server: Server, auth: Any) -> None:
         return await _answer(server.current, "completions", body.model, body.max_tokens, body.stream, include_usage,
                              call, prompts[0], request)
 
-    @app.post("/v1/ideas/analyze", dependencies=[auth], summary="One business idea: light triage, heavy analysis")
+    @app.post("/v1/ideas/analyze", summary="One business idea: light triage, heavy analysis")
     async def analyze_idea(body: IdeaRequest) -> JSONResponse:
         state = server.current.enter()
         try:
@@ -314,7 +316,7 @@ def _add_routes(app: FastAPI, server: Server, auth: Any) -> None:
         finally:
             state.leave()
 
-    @app.get("/v1/models", dependencies=[auth], summary="The tiers and their real model names")
+    @app.get("/v1/models", summary="The tiers and their real model names")
     async def models() -> dict[str, Any]:
         state = server.current
         ids = [*TIERS, *dict.fromkeys(state.manager.specs[tier].name for tier in TIERS)]
@@ -322,7 +324,7 @@ def _add_routes(app: FastAPI, server: Server, auth: Any) -> None:
                                             "owned_by": f"agentic-{state.manager.backend}"}
                                            for model_id in dict.fromkeys(ids)]}
 
-    @app.get("/v1/backend", dependencies=[auth], summary="The effective configuration (secrets as SET/NOT SET)")
+    @app.get("/v1/backend", summary="The effective configuration (secrets as SET/NOT SET)")
     async def backend() -> dict[str, Any]:
         state = server.current
         return {"backend": state.manager.backend,
@@ -332,12 +334,7 @@ def _add_routes(app: FastAPI, server: Server, auth: Any) -> None:
                              for name, shown, source in effective_values(state.settings)}}
 
     @app.post("/admin/reload", summary="Re-read .env and switch backend or models without a restart")
-    async def reload(request: Request) -> dict[str, Any]:
-        keys = server.current.settings.admin_key_list
-        if not keys:
-            raise AdminDisabledError("POST /admin/reload is off: set API_ADMIN_KEYS=<key> and send "
-                                     "'Authorization: Bearer <key>' (or send SIGHUP to the server process).")
-        check_bearer(request.headers.get("authorization"), keys)
+    async def reload() -> dict[str, Any]:
         try:
             state = await server.reload()
         except AgenticError as exc:
@@ -350,14 +347,19 @@ def _add_routes(app: FastAPI, server: Server, auth: Any) -> None:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Models loaded (with MODEL_PRELOAD) and backend reachable")
-    async def ready() -> JSONResponse:
+    @app.get("/ready", summary="Models loaded (with MODEL_PRELOAD) and backend reachable; details with a key")
+    async def ready(request: Request) -> JSONResponse:
         state = server.current
         loaded = {tier: state.manager.is_loaded(tier == "heavy") for tier in TIERS}
-        problem = await asyncio.to_thread(state.manager.problem)
+        problem = await state.readiness.problem()
         if problem is None and state.settings.model_preload and not all(loaded.values()):
             problem = "models are still loading"
-        body = {"status": "ready" if problem is None else "not_ready", "loaded": loaded, "problem": problem}
+        body: dict[str, Any] = {"status": "ready" if problem is None else "not_ready"}
+        try:  # the details (what is loaded, what is wrong upstream) only for a caller with a key
+            check_bearer(request.headers.get("authorization"), state.keys)
+            body.update(loaded=loaded, problem=problem)
+        except ClientAuthenticationError:
+            pass
         return JSONResponse(body, status_code=200 if problem is None else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
@@ -377,7 +379,9 @@ def serve(settings: Settings | None = None, host: str | None = None, port: int |
     host = host or settings.api_host
     check_bind_address(host, settings)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port or settings.api_port, log_level="info")
+    protocol = guarded_protocol(settings.api_header_timeout, settings.api_max_connections)
+    uvicorn.run(create_app(settings, host=host), host=host, port=port or settings.api_port, log_level="info",
+                http=protocol, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
 
 
 def main() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 
 __all__ = ["Metrics"]
 
@@ -35,6 +38,24 @@ class Metrics:
                                registry=self.registry)
         self.in_flight = Gauge("agentic_in_flight", "Requests being generated", labels, registry=self.registry)
 
+    def count_restarts(self, source: Callable[[], dict[tuple[str, str], int]]) -> None:
+        """Export agentic_engine_restarts_total{tier, backend} from `source` (read at each scrape)."""
+        self.registry.register(_RestartCollector(source))
+
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+class _RestartCollector:
+    """Restarts are counted by the engines themselves; this reads them when Prometheus scrapes."""
+
+    def __init__(self, source: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("agentic_engine_restarts", "Model workers that failed and were restarted "
+                                     "(their requests ended with 503)", labels=("tier", "backend"))
+        for (tier, backend), count in self.source().items():
+            family.add_metric([tier, backend], count)
+        yield family

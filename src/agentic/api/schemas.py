@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-__all__ = ["ChatCompletionRequest", "ChatMessage", "CompletionRequest", "IdeaRequest", "StreamOptions"]
+from ..ml.base import invalid_text
+
+__all__ = ["UNSUPPORTED_FIELDS", "ChatCompletionRequest", "ChatMessage", "CompletionRequest", "IdeaRequest",
+           "StreamOptions"]
 
 
 class StreamOptions(BaseModel):
@@ -31,21 +35,63 @@ class ChatMessage(BaseModel):
         return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
 
 
+# OpenAI fields we cannot honour yet: refused by name rather than silently ignored. A field sent with
+# its neutral value (no tools, no bias, penalty 0) changes nothing and is accepted.
+UNSUPPORTED_FIELDS = {
+    "tools": "tool calling is not supported yet", "tool_choice": "tool calling is not supported yet",
+    "functions": "function calling is not supported", "function_call": "function calling is not supported",
+    "logit_bias": "logit_bias is not supported", "logprobs": "logprobs are not returned",
+    "top_logprobs": "logprobs are not returned", "presence_penalty": "penalties are not supported",
+    "frequency_penalty": "penalties are not supported", "suffix": "suffix is not supported",
+}
+_NEUTRAL: tuple[Any, ...] = (None, False, 0, "none", "", [], {})
+
+
+def _check_text(data: Any) -> None:
+    where = invalid_text(data, "body")
+    if where is not None:
+        raise request_error(where, f"{where} is not valid Unicode (it holds a lone surrogate such as \\ud800); "
+                                   "send valid UTF-8 text.")
+
+
+def request_error(param: str, message: str) -> PydanticCustomError:
+    """A validation error whose message is ours and whose OpenAI `param` is `param` (see the app's handler)."""
+    return PydanticCustomError("agentic_request", message, {"param": param})
+
+
 class _SamplingRequest(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model_config = ConfigDict(extra="ignore")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _honest(cls, data: Any) -> Any:
+        """Refuse invalid Unicode anywhere, and fields we would otherwise ignore, naming them."""
+        _check_text(data)
+        for name, reason in UNSUPPORTED_FIELDS.items():
+            if isinstance(data, dict) and data.get(name) not in _NEUTRAL:
+                raise request_error(name, f"'{name}' was sent, but {reason} by this server. Remove the field.")
+        return data
+
     model: str = Field(description="`heavy`, `light`, or the real name of a tier's model (see /v1/models).")
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate; at most the context size.")
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = Field(None, max_length=4)
+    stop: str | list[str] | None = Field(None, description="A stop sequence, or a list of at most 4.")
     seed: int | None = None
     n: int = Field(1, ge=1, le=1, description="Only 1 is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """At most 4 stop sequences (OpenAI's rule); a single string may be of any length."""
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError(f"at most 4 stop sequences, got {len(value)}")
+        return value
 
     def sampling(self) -> dict[str, Any]:
         """The arguments every backend's model takes."""
@@ -74,6 +120,12 @@ class IdeaRequest(BaseModel):
     """POST /v1/ideas/analyze: one business idea."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        _check_text(data)
+        return data
 
     title: str = Field(min_length=1, max_length=200)
     description: str = Field(min_length=1, max_length=4000)

@@ -1,15 +1,33 @@
-"""Who may call the API and how much they may send: Bearer keys, loopback-only default, body size."""
+"""Who may call the API and how much they may send: keys, loopback-only default, bounded connections and bodies.
+
+Everything here runs before a route does: the key is checked before the body is read, a body is read
+whole (at most API_MAX_BODY_BYTES, within API_BODY_TIMEOUT) before it is parsed, and a connection that
+does not send its request head within API_HEADER_TIMEOUT, or that exceeds API_MAX_CONNECTIONS, is closed.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
+import json
+from collections.abc import Callable
 from typing import Any
 
 from ..config import Settings
-from ..errors import ClientAuthenticationError, ConfigError, PayloadTooLargeError
+from ..errors import (
+    AdminDisabledError,
+    AgenticError,
+    ClientAuthenticationError,
+    ConfigError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    ServerBusyError,
+)
 
-__all__ = ["BodyLimit", "check_bind_address", "check_bearer"]
+__all__ = ["RequestGuard", "check_bearer", "check_bind_address", "guarded_protocol", "route_keys"]
+
+KeysFor = Callable[[str], tuple[list[str], str] | None]  # path -> (accepted keys, the setting naming them)
 
 
 def check_bind_address(host: str, settings: Settings) -> None:
@@ -27,7 +45,7 @@ def check_bind_address(host: str, settings: Settings) -> None:
             "API_ALLOW_UNAUTHENTICATED=true if the network is trusted.", param="API_HOST")
 
 
-def check_bearer(authorization: str | None, keys: list[str]) -> None:
+def check_bearer(authorization: str | None, keys: list[str], setting: str = "API_KEYS") -> None:
     """Accept the request when it carries one of `keys`; every key is compared in constant time."""
     if not keys:
         return
@@ -37,46 +55,141 @@ def check_bearer(authorization: str | None, keys: list[str]) -> None:
         matched |= hmac.compare_digest(token.strip().encode(), key.encode())
     if scheme.lower() != "bearer" or not matched:
         raise ClientAuthenticationError(
-            "Incorrect or missing API key: send 'Authorization: Bearer <key>' with one of the server's API_KEYS.")
+            f"Incorrect or missing API key: send 'Authorization: Bearer <key>' with one of the server's {setting}.")
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes is refused with 413 before it is parsed."""
+def route_keys(settings: Settings, path: str) -> tuple[list[str], str] | None:
+    """The keys a path needs (and the setting that holds them); None for open paths (/health, /ready, docs)."""
+    if path.startswith("/v1/"):
+        return settings.api_key_list, "API_KEYS"
+    if path.startswith("/admin/"):
+        if not settings.admin_key_list:
+            raise AdminDisabledError(f"{path} is off: set API_ADMIN_KEYS=<key> and send 'Authorization: Bearer "
+                                     "<key>' (or send SIGHUP to the server process to reload).")
+        return settings.admin_key_list, "API_ADMIN_KEYS"
+    return None
 
-    def __init__(self, app: Any, limit: int) -> None:
+
+class RequestGuard:
+    """ASGI middleware: the key first, then the whole body, bounded in size and time, before any route runs."""
+
+    def __init__(self, app: Any, keys_for: KeysFor, limit: int, body_timeout: float) -> None:
         self.app = app
+        self.keys_for = keys_for
         self.limit = limit
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
-            return
-        received = 0
-
-        async def counted_receive() -> Any:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise PayloadTooLargeError(self._message())
-            return message
-
+        headers = dict(scope.get("headers") or [])
         try:
-            await self.app(scope, counted_receive, send)
-        except PayloadTooLargeError:
-            await self._refuse(send)
+            required = self.keys_for(scope["path"])
+            if required is not None:
+                check_bearer(headers.get(b"authorization", b"").decode("latin-1"), *required)
+            body = await self._read_body(headers.get(b"content-length"), receive)
+        except AgenticError as exc:
+            await send_error(send, exc)
+            return
+        delivered = False
 
-    def _message(self) -> str:
-        return f"Request body is larger than API_MAX_BODY_BYTES={self.limit} bytes."
+        async def replay() -> Any:
+            nonlocal delivered
+            if delivered:
+                return await receive()  # later calls: a disconnect, as the route expects
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-    async def _refuse(self, send: Any) -> None:
-        import json
+        await self.app(scope, replay, send)
 
-        body = json.dumps(PayloadTooLargeError(self._message()).to_openai()).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    async def _read_body(self, declared: bytes | None, receive: Any) -> bytes:
+        """The request body, refusing one over the limit (declared or chunked) or one sent too slowly."""
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            raise PayloadTooLargeError(self._too_large())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
+        chunks, size, more = [], 0, True
+        while more:
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
+            except asyncio.TimeoutError:
+                raise RequestTimeoutError(f"The request body did not arrive within API_BODY_TIMEOUT="
+                                          f"{self.body_timeout:g} seconds. Send it faster, or raise "
+                                          "API_BODY_TIMEOUT on the server.") from None
+            if message["type"] != "http.request":  # the client went away: nothing to answer
+                return b""
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                raise PayloadTooLargeError(self._too_large())
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    def _too_large(self) -> str:
+        return (f"Request body is larger than API_MAX_BODY_BYTES={self.limit} bytes. Send less, or raise "
+                "API_MAX_BODY_BYTES on the server.")
+
+
+async def send_error(send: Any, error: AgenticError) -> None:
+    """An OpenAI-envelope error response, sent straight on the ASGI channel."""
+    body = json.dumps(error.to_openai()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if isinstance(error, ServerBusyError):
+        headers.append((b"retry-after", str(error.retry_after).encode()))
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def guarded_protocol(header_timeout: float, max_connections: int) -> type[Any]:
+    """uvicorn's h11 protocol with a deadline for each request head and a cap on open connections.
+
+    uvicorn has neither: a client that connects and sends nothing, or sends its headers a byte at a
+    time, holds its connection (and a file descriptor) forever. Past `max_connections` a new
+    connection is answered 503 in OpenAI's envelope and closed.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    busy = ServerBusyError(f"The server has API_MAX_CONNECTIONS={max_connections} connections open. Retry "
+                           "after a second, or raise API_MAX_CONNECTIONS.")
+
+    class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
+        _head_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                body = json.dumps(busy.to_openai()).encode()
+                transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                                b"retry-after: 1\r\nconnection: close\r\ncontent-length: " + str(len(body)).encode()
+                                + b"\r\n\r\n" + body)
+                transport.close()
+                return
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_deadline = self.loop.call_later(header_timeout, self._head_too_slow)
+
+        def _disarm(self) -> None:
+            if self._head_deadline is not None:
+                self._head_deadline.cancel()
+                self._head_deadline = None
+
+        def _head_too_slow(self) -> None:
+            self._head_deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():  # no whole request head yet
+                self.transport.close()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request's head has the same deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol

@@ -14,11 +14,51 @@ from ..ml.base import BaseModelManager, Model
 from ..ml.model_factory import create_model_manager
 from .metrics import Metrics
 from .runtime import ModelGate
+from .security import check_bind_address
 
-__all__ = ["TIERS", "Server", "ServerState", "workers"]
+__all__ = ["TIERS", "Readiness", "Server", "ServerState", "workers"]
 
 _log = logging.getLogger("agentic.api")
 TIERS = ("heavy", "light")
+READY_TTL = 2.0  # seconds a readiness answer is reused
+
+
+class Readiness:
+    """The manager's readiness, checked at most every READY_TTL seconds, one check at a time, off the model pool.
+
+    A probe is unauthenticated and cheap: twenty of them cost one check (on the openai backend, one
+    `models.list` per server), run on a thread of its own, so they never queue behind or slow down inference.
+    """
+
+    def __init__(self, manager: BaseModelManager) -> None:
+        self.manager = manager
+        self._executor = ThreadPoolExecutor(1, "agentic-ready")
+        self._checked_at = -READY_TTL
+        self._problem: str | None = None
+        self._check: asyncio.Future[str | None] | None = None
+
+    async def problem(self) -> str | None:
+        """Why the backend cannot serve (None: it can), at most READY_TTL seconds old."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._checked_at < READY_TTL:
+            return self._problem
+        if self._check is None:
+            self._check = asyncio.ensure_future(loop.run_in_executor(self._executor, self.manager.problem))
+            self._check.add_done_callback(self._store)
+        return await asyncio.shield(self._check)
+
+    def _store(self, check: asyncio.Future[str | None]) -> None:
+        self._check = None
+        self._checked_at = asyncio.get_running_loop().time()
+        if check.cancelled():
+            self._problem = "the readiness check was cancelled"
+        elif (error := check.exception()) is not None:
+            self._problem = f"the readiness check failed ({type(error).__name__})"
+        else:
+            self._problem = check.result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
 
 
 class ServerState:
@@ -29,6 +69,7 @@ class ServerState:
         self.manager = manager
         self.metrics = metrics
         self.keys = settings.api_key_list
+        self.readiness = Readiness(manager)
         self.active = 0  # requests running on this configuration
         self.retired = False  # replaced by a reload: freed when its last request ends
         capacity = manager.capacity()
@@ -78,17 +119,25 @@ class ServerState:
 
     def _free(self) -> None:
         _log.info("freeing the previous configuration (%s)", self.manager.backend)
+        self.readiness.close()
         threading.Thread(target=self.manager.close, name="agentic-free", daemon=True).start()
 
 
 class Server:
     """What one app holds across reloads: the metrics and the configuration new requests use."""
 
-    def __init__(self, settings: Settings, manager: BaseModelManager, env_file: str | Path | None = ".env") -> None:
+    def __init__(self, settings: Settings, manager: BaseModelManager, env_file: str | Path | None = ".env",
+                 host: str | None = None) -> None:
         self.metrics = Metrics()
         self.current = ServerState(settings, manager, self.metrics)
         self.env_file = env_file
+        self.host = host or settings.api_host  # the address it listens on: a reload must keep it safe
+        self.metrics.count_restarts(self._restarts)
         self._reloading = asyncio.Lock()
+
+    def _restarts(self) -> dict[tuple[str, str], int]:
+        manager = self.current.manager
+        return {(tier, manager.backend): manager.restarts(tier) for tier in TIERS}
 
     async def reload(self) -> ServerState:
         """Re-read the settings and switch to a new manager; a bad config raises and changes nothing.
@@ -98,6 +147,7 @@ class Server:
         async with self._reloading:
             try:
                 settings = await asyncio.to_thread(load_settings, self.env_file)
+                check_bind_address(self.host, settings)  # the start-up rules hold for every configuration
                 manager = await asyncio.to_thread(create_model_manager, settings)
             except AgenticError:
                 self.metrics.reloads.labels(result="refused").inc()

@@ -13,14 +13,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..errors import AgenticError
+from ..errors import AgenticError, ConfigError
 from ..ml.base import BaseModelManager
 from .analyzer import CallRecord, IdeaAnalyzer
 from .loader import load_ideas
 from .schemas import Idea, IdeaResult
 from .store import ResultsLog, UsageDB
 
-__all__ = ["RunSummary", "analyze_file"]
+__all__ = ["RunSummary", "analyze_file", "prepare_out_dir"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def analyze_file(manager: BaseModelManager, ideas_path: Path, out_dir: Path, *, 
     ideas, problems = load_ideas(ideas_path)
     for problem in problems:
         _log.warning("%s", problem)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir)
     results = ResultsLog(out_dir / "results.jsonl")
     done = results.load()
     todo = [idea for idea in ideas
@@ -98,6 +98,21 @@ def analyze_file(manager: BaseModelManager, ideas_path: Path, out_dir: Path, *, 
         usage.finish_run(run_id, summary.ok, summary.failed, summary.wall_s)
         usage.close()
     return summary
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create the output folder if missing; ConfigError (naming --out) when it is a file or cannot be written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a folder: pick a folder name (it is created if "
+                          "missing).", param="--out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with (out_dir / "results.jsonl").open("ab"):  # writable? (root passes any permission check)
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"--out {out_dir} cannot be created or written ({reason}: {exc.filename}): pick a "
+                          "folder you can write to (it is created if missing).", param="--out") from None
 
 
 def _run_concurrently(analyzer: IdeaAnalyzer, todo: list[Idea], workers: int, results: ResultsLog,

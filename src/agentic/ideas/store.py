@@ -44,31 +44,42 @@ class ResultsLog:
         self._lock = threading.Lock()
 
     def load(self) -> dict[str, IdeaResult]:
-        """The latest result per idea id; a line cut short by a crash is skipped with a warning."""
+        """The latest result per idea id; a line cut short by a crash is skipped with a warning.
+
+        The file is read as bytes and each line decoded on its own: a crash inside a multi-byte character
+        spoils that line only, not the whole file.
+        """
         results: dict[str, IdeaResult] = {}
         if not self.path.is_file():
             return results
-        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
+        for number, raw in enumerate(self.path.read_bytes().split(b"\n"), start=1):
+            if not raw.strip():
                 continue
-            try:
-                result = IdeaResult.model_validate_json(line)
-            except ValidationError:
-                _log.warning("%s:%d is not a complete result (a run stopped while writing it); that idea "
-                             "runs again", self.path, number)
-                continue
-            results[result.id] = result
+            result = self._parse(raw, number)
+            if result is not None:
+                results[result.id] = result
         return results
 
+    def _parse(self, raw: bytes, number: int) -> IdeaResult | None:
+        """One line as a result, or None (with a warning naming the file and line) when it is not one."""
+        try:
+            return IdeaResult.model_validate_json(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValidationError):
+            _log.warning("%s:%d is not a complete result (a run stopped while writing it); that idea "
+                         "runs again", self.path, number)
+            return None
+
     def append(self, result: IdeaResult) -> None:
-        line = result.model_dump_json() + "\n"
+        """Add one result as a line and flush it to disk; a line cut short before is closed first."""
+        line = (result.model_dump_json() + "\n").encode("utf-8")
         with self._lock:
-            with self.path.open("a+", encoding="utf-8") as file:
+            # Binary mode: the last byte of a cut line may be half a UTF-8 character, which text mode cannot read.
+            with self.path.open("ab+") as file:
                 file.seek(0, os.SEEK_END)
                 if file.tell() > 0:  # a line cut short by a crash must not swallow this one
-                    file.seek(file.tell() - 1)
-                    if file.read(1) != "\n":
-                        line = "\n" + line
+                    file.seek(-1, os.SEEK_END)
+                    if file.read(1) != b"\n":
+                        line = b"\n" + line
                 file.write(line)
                 file.flush()
                 os.fsync(file.fileno())

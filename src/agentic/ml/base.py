@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from ..config import Settings, load_settings
 from ..errors import ContextLengthExceededError, InvalidRequestError
+from .schema_limits import SchemaLimits
 from .shapes import ResultShape
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "StopMatcher",
     "TokenTextStream",
     "check_context",
+    "invalid_text",
 ]
 
 Message = dict[str, Any]
@@ -119,6 +121,37 @@ def _check_response_format(response_format: Any) -> None:
         raise InvalidRequestError(
             f"response_format={response_format!r} is not valid: use {{'type': 'text'}}, {{'type': 'json_object'}} "
             "or {'type': 'json_schema', 'json_schema': {'name': ..., 'schema': {...}}}.", param="response_format")
+
+
+def invalid_text(value: Any, path: str) -> str | None:
+    """The path of the first string in `value` (keys included) that is not valid Unicode; None if all are.
+
+    JSON allows a lone surrogate escape (`"\\ud800"`); no tokenizer, grammar or UTF-8 encoder does.
+    """
+    pending = [(path, value)]
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                pending.append((where, key))
+                pending.append((f"{where}.{key}", inner))
+        elif isinstance(item, list | tuple):
+            pending.extend((f"{where}[{index}]", inner) for index, inner in enumerate(item))
+    return None
+
+
+def check_text(value: Any, param: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate), naming where it is."""
+    where = invalid_text(value, param)
+    if where is not None:
+        raise InvalidRequestError(
+            f"{where} is not valid Unicode: it holds a lone surrogate (such as \\ud800), which no model can read. "
+            "Send valid UTF-8 text.", param=where)
 
 
 def check_context(prompt_tokens: int, context_size: int, what: str = "prompt") -> None:
@@ -216,6 +249,8 @@ class Model(ABC):
     # Whether a streamed answer carries the same usage counts as a whole one (a remote server may omit them
     # from streams); the API server streams non-streaming requests internally only when it does.
     streams_usage: bool = True
+    # How large a response_format schema may be (MODEL_SCHEMA_*); backends set theirs from the settings.
+    schema_limits: SchemaLimits = SchemaLimits()
 
     def __init__(self, name: str, context_size: int) -> None:
         self.name = name
@@ -249,7 +284,8 @@ class Model(ABC):
         """A `text_completion` dict, or an iterator of chunks when `stream=True`."""
         if not isinstance(prompt, str):
             raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}.", param="prompt")
-        params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
+        check_text(prompt, "prompt")
+        params = self._params(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
         deltas = self._serialized(self._complete(prompt, params))
         shape = ResultShape("cmpl", "text_completion", self.name, self.backend)
         return shape.stream(deltas, chat=False) if stream else shape.collect(deltas, chat=False)
@@ -268,10 +304,19 @@ class Model(ABC):
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """A `chat.completion` dict, or an iterator of `chat.completion.chunk` dicts when `stream=True`."""
         _check_messages(messages)
-        params = GenerationParams.build(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
+        check_text(messages, "messages")
+        params = self._params(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
         deltas = self._serialized(self._chat(list(messages), params))
         shape = ResultShape("chatcmpl", "chat.completion", self.name, self.backend)
         return shape.stream(deltas, chat=True) if stream else shape.collect(deltas, chat=True)
+
+    def _params(self, *args: Any, **kwargs: Any) -> GenerationParams:
+        """GenerationParams.build, then the checks every backend shares: valid text, schema within limits."""
+        params = GenerationParams.build(*args, **kwargs)
+        check_text(params.stop, "stop")
+        check_text(params.response_format, "response_format")
+        self.schema_limits.check(params.json_schema)
+        return params
 
     def _serialized(self, deltas: Iterator[Delta]) -> Iterator[Delta]:
         """Run one generation at a time on this model, even for callers that skip the lock.
@@ -298,6 +343,16 @@ class Model(ABC):
                 stream.close()  # a caller that stops early ends the generation (and frees its slot) now
 
         return primed()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the model can generate (False: its worker is down)."""
+        return True
+
+    @property
+    def restarts(self) -> int:
+        """Times the model's worker failed and started over."""
+        return 0
 
     def new_lock(self) -> AbstractContextManager[Any]:
         """The lock `manager.get()` hands out: one caller at a time, or `parallel` callers whose calls batch."""
@@ -360,6 +415,7 @@ class BaseModelManager(ABC):
         with self._loading:
             if spec.key not in self._models:
                 model = self._load(spec)
+                model.schema_limits = SchemaLimits.from_settings(self.settings)
                 self._models[spec.key] = (model, model.new_lock())
             return self._models[spec.key]
 
@@ -374,7 +430,14 @@ class BaseModelManager(ABC):
 
     def problem(self) -> str | None:
         """Why the backend cannot serve right now (None: it can); for readiness checks."""
-        return None
+        down = [tier for tier, spec in self.specs.items()
+                if spec.key in self._models and not self._models[spec.key][0].alive]
+        return f"the {' and '.join(down)} model's worker is down" if down else None
+
+    def restarts(self, tier: str) -> int:
+        """Times the tier's loaded model restarted its worker (0 when not loaded)."""
+        loaded = self._models.get(self.specs[tier].key)
+        return loaded[0].restarts if loaded else 0
 
     def is_loaded(self, heavy: bool = True) -> bool:
         """Whether the tier's model is in memory."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,7 +32,11 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+_MARK = "\U000f0000"  # a private-use character no template emits: marks where a message's content goes
 _FALLBACKS = {"gemma": (GEMMA_TEMPLATE, ("<end_of_turn>",))}
+
+
+Tokenize = Callable[[str, bool], list[int]]  # (text, parse control-token text?) -> token ids, no BOS added
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,64 @@ class ChatTemplate:
         except TemplateError as exc:
             raise InvalidRequestError(f"The chat template of {self.name} failed on these messages: {exc}",
                                       param="messages") from None
+
+    def tokenize(self, messages: list[dict[str, Any]], tokenize: Tokenize, bos: list[int]) -> list[int]:
+        """The prompt's tokens, with the messages' own text never read as control tokens.
+
+        Only the template's markup may become control tokens: `<start_of_turn>` typed by a user costs
+        the tokens of its characters, so user text cannot forge a turn or a system prompt. Prompts
+        whose messages hold no control-token text are tokenized in one piece, exactly as before.
+        `bos` is prepended unless the rendered text starts with the BOS token itself.
+        """
+        text = self.render(messages)
+        start = [] if self.bos_token and text.startswith(self.bos_token) else bos
+        contents = [(index, message["content"]) for index, message in enumerate(messages)
+                    if isinstance(message.get("content"), str) and message["content"]]
+        risky = [index for index, content in contents if tokenize(content, True) != tokenize(content, False)]
+        if not risky:
+            return start + tokenize(text, True)
+        pieces = self._split(messages, text, [index for index, _ in contents])
+        if pieces is None:
+            raise InvalidRequestError(
+                f"messages[{risky[0]}].content holds control-token text that the chat template of {self.name} "
+                "changes on the way, so it cannot be kept as plain text. Remove the control-token text.",
+                param=f"messages[{risky[0]}].content")
+        tokens = list(start)
+        for piece, literal in pieces:
+            tokens += tokenize(piece, not literal)
+        return tokens
+
+    def _split(self, messages: list[dict[str, Any]], text: str, indexes: list[int]) -> list[tuple[str, bool]] | None:
+        """`text` cut into (markup, False) and (message content, True) pieces; None if the two cannot be told apart.
+
+        The template is rendered once more with a placeholder for each content, which shows its markup;
+        the real rendering must then be that markup with each content (or the content trimmed, as many
+        templates do) in the placeholders' places.
+        """
+        marked = [dict(message) for message in messages]
+        for number, index in enumerate(indexes):
+            marked[index]["content"] = f"{_MARK}{number}{_MARK}"
+        parts = self.render(marked).split(_MARK)
+        if len(parts) != 2 * len(indexes) + 1:
+            return None
+        markup, pieces, position = parts[0::2], [], 0
+        for number, index in enumerate(indexes + [-1]):
+            if not text.startswith(markup[number], position):
+                return None
+            pieces.append((markup[number], False))
+            position += len(markup[number])
+            if index < 0:
+                break
+            content = messages[index]["content"]
+            for shown in (content, content.strip(), content.lstrip(), content.rstrip()):
+                after = position + len(shown)
+                if text.startswith(shown, position) and text.startswith(markup[number + 1], after):
+                    pieces.append((shown, True))
+                    position = after
+                    break
+            else:
+                return None
+        return [(piece, literal) for piece, literal in pieces if piece] if position == len(text) else None
 
 
 def fallback_template(architecture: str, bos_token: str, eos_token: str) -> ChatTemplate:

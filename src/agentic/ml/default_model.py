@@ -10,10 +10,11 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
-from ..errors import BackendNotInstalledError
+from ..errors import BackendNotInstalledError, ConfigError
 
-__all__ = ["EMBEDDED_LABEL", "embedded_model_path"]
+__all__ = ["EMBEDDED_LABEL", "cache_dir_error", "embedded_model_path"]
 
 EMBEDDED_LABEL = "embedded default (Gemma 3 270M Q4_K_M)"
 _log = logging.getLogger(__name__)
@@ -32,9 +33,30 @@ def embedded_model_path(cache_dir: Path) -> Path:
     target = Path(cache_dir).expanduser() / "embedded" / package.MODEL_NAME
     expected_size = sum(chunk.stat().st_size for chunk in package.chunk_paths())
     with _assembling:
-        if not target.is_file() or target.stat().st_size != expected_size:
-            _log.info("Assembling the embedded model into %s (once)", target)
-            partial = target.with_suffix(f".partial-{os.getpid()}")
-            package.assemble(partial, overwrite=True)  # verifies the sha256
-            partial.replace(target)
+        try:
+            if not target.is_file() or target.stat().st_size != expected_size:
+                _assemble(package, target)
+        except OSError as exc:  # the cache folder cannot be created or written: a setting to fix, not a crash
+            raise cache_dir_error(cache_dir, exc) from None
     return target
+
+
+def _assemble(package: Any, target: Path) -> None:
+    """Write the package's chunks into `target` through a partial file, so a crash leaves no bad model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _log.info("Assembling the embedded model into %s (once)", target)
+    partial = target.with_suffix(f".partial-{os.getpid()}")
+    package.assemble(partial, overwrite=True)  # verifies the sha256
+    partial.replace(target)
+
+
+def cache_dir_error(cache_dir: Path, exc: OSError) -> ConfigError:
+    """The one-line error for a MODEL_CACHE_DIR that cannot be created or written."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.filename:
+        reason += f": {exc.filename}"
+    return ConfigError(
+        f"MODEL_CACHE_DIR={cache_dir} cannot be created or written ({reason}), so no model can be cached there. "
+        "Set MODEL_CACHE_DIR to a writable folder (it is created if missing), e.g. ~/.cache/agentic.",
+        param="MODEL_CACHE_DIR",
+    )

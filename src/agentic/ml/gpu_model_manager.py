@@ -18,7 +18,7 @@ from ..config import Settings, apply_gpu_environment
 from ..errors import BackendNotInstalledError, ModelNotAvailableError, OutOfMemoryError
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
 from .chat_templates import ChatTemplate, fallback_template
-from .default_model import EMBEDDED_LABEL, embedded_model_path
+from .default_model import EMBEDDED_LABEL, cache_dir_error, embedded_model_path
 from .structured import JsonConstraint, JsonGrammars
 from .transformers_engine import TransformersBatcher
 
@@ -99,10 +99,13 @@ class TransformersModel(Model):
         return self._generate(self.tokenizer(prompt).input_ids, params, "prompt")
 
     def _chat(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
-        text = self.template.render(messages)
-        add_special = not (self.template.bos_token and text.startswith(self.template.bos_token))
-        ids = self.tokenizer(text, add_special_tokens=add_special).input_ids
+        bos = self.tokenizer("", add_special_tokens=True).input_ids  # what the tokenizer puts first (Gemma: BOS)
+        ids = self.template.tokenize(messages, self._tokenize, bos)
         return self._generate(ids, replace(params, stop=params.stop + self.template.stop), "messages")
+
+    def _tokenize(self, text: str, special: bool) -> list[int]:
+        """Token ids of `text` (no BOS); `special`: whether control-token text becomes control tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special).input_ids)
 
     def _constraint(self, params: GenerationParams) -> JsonConstraint | None:
         """The grammar that keeps this generation to response_format's JSON (None: free text)."""
@@ -230,9 +233,14 @@ class GPUModelManager(BaseModelManager):
     def _converted(self, gguf: Path, transformers: Any) -> Path:
         """De-quantize a .gguf once into MODEL_CACHE_DIR and reuse the result."""
         stat = gguf.stat()
-        target = self.settings.model_cache_dir / "transformers" / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
-        if (target / "config.json").is_file():
-            return target
+        cache_dir = self.settings.model_cache_dir
+        target = cache_dir / "transformers" / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+        try:  # an unusable cache folder fails now, not after a minute of conversion
+            if (target / "config.json").is_file():
+                return target
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise cache_dir_error(cache_dir, exc) from None
         _log.info("Converting %s for transformers into %s (once; later loads take seconds)", gguf, target)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -240,9 +248,12 @@ class GPUModelManager(BaseModelManager):
         model.hf_quantizer = None
         model.config.__dict__.pop("quantization_config", None)
         partial = target.with_name(target.name + ".partial")
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        partial.rename(target)
+        try:
+            model.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+            partial.rename(target)
+        except OSError as exc:  # read-only or full cache folder
+            raise cache_dir_error(cache_dir, exc) from None
         return target
 
     def _hub_snapshot(self, spec: ModelSpec) -> str:

@@ -16,17 +16,27 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidRequestError, ModelLoadError
+from ..errors import AgenticError, EngineFailedError, InvalidRequestError, ModelLoadError, SchemaTooComplexError
 
-__all__ = ["BatchEngine", "SamplingSpec"]
+__all__ = ["BatchEngine", "Grammar", "SamplingSpec"]
 
 _log = logging.getLogger(__name__)
 _END = -1  # sentinel on a sequence's token queue: no more tokens
+_LIVENESS_CHECK = 1.0  # seconds a reader waits for a token before checking that the worker still runs
+
+
+def _as_request_error(exc: BaseException) -> AgenticError:
+    """What the caller of a failed sequence gets: our own errors as they are, anything else as a 503."""
+    if isinstance(exc, AgenticError):
+        return exc
+    return EngineFailedError(f"llama.cpp failed on this request ({type(exc).__name__}: {str(exc)[:200]}); "
+                             "other requests were not affected. Retry, or report the request if it keeps failing.")
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,6 @@ class SamplingSpec:
     temperature: float
     top_p: float
     seed: int | None = None
-    grammar: tuple[str, str] | None = None  # (GBNF text, root rule)
     top_k: int = 40
     min_p: float = 0.05
 
@@ -52,12 +61,12 @@ class _Sequence:
     generated: int = 0
     last_token: int = -1
     sampler: Any = None
-    grammar: _Grammar | None = None
+    grammar: Grammar | None = None
     cancelled: bool = False
     error: BaseException | None = None
 
 
-class _Grammar:
+class Grammar:
     """response_format's grammar, checked against the sampled token first.
 
     Masking all 262k candidates of a vocabulary costs ~20-50 ms per token on a CPU, so, as llama.cpp's
@@ -71,18 +80,32 @@ class _Grammar:
 
     TOP = 64
 
-    def __init__(self, lib: Any, vocab: Any, text: str, root: str) -> None:
+    def __init__(self, lib: Any, vocab: Any, text: str, root: str, budget: float) -> None:
+        """Compile `text` (in the caller's thread: a slow or failing compile never holds up the batch)."""
         self._lib = lib
         self.sampler = lib.llama_sampler_init_grammar(vocab, text.encode(), root.encode())
         if not self.sampler:
             raise InvalidRequestError("llama.cpp could not compile the grammar for response_format.",
                                       param="response_format")
+        self.budget, self.spent = budget, 0.0  # seconds of grammar work this sequence may use, and has used
         self._n_vocab = lib.llama_vocab_n_tokens(vocab)
         self._one = (lib.llama_token_data * 1)()
         self._top = (lib.llama_token_data * self.TOP)()
         self._all: Any = None  # the whole vocabulary's candidates, allocated on the first full mask
 
     def sample(self, chain: Any, ctx: Any, index: int) -> int:
+        """The next token, sampled by `chain` among those the grammar allows (timed against the budget)."""
+        started = time.perf_counter()
+        token = self._sample(chain, ctx, index)
+        self.spent += time.perf_counter() - started
+        if self.spent > self.budget:
+            raise SchemaTooComplexError(
+                f"Enforcing response_format's schema took {self.spent:.1f} s of grammar work, over "
+                f"MODEL_GRAMMAR_TIME_BUDGET={self.budget:g} s: the request was ended so that it does not slow every "
+                "other request. Simplify the schema (fewer enum values or alternatives), or raise the budget.")
+        return token
+
+    def _sample(self, chain: Any, ctx: Any, index: int) -> int:
         lib = self._lib
         token = lib.llama_sampler_sample(chain, ctx, index)
         self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
@@ -150,23 +173,36 @@ class BatchEngine:
         self._running: dict[int, _Sequence] = {}
         self._wake = threading.Condition()
         self._closed = self._released = False
-        self._worker = threading.Thread(target=self._loop, name="llama-batch", daemon=True)
-        self._worker.start()
+        self.restarts = 0  # times the worker failed outside any one sequence and started over
+        self._start_worker()
         atexit.register(self.close)  # stop the worker before llama.cpp is torn down at exit
 
-    def generate(self, prompt: list[int], limit: int, sampling: SamplingSpec) -> Iterator[int]:
-        """Token ids of one sequence as they are sampled; closing the iterator cancels it."""
-        sequence = _Sequence(list(prompt), limit, sampling)
+    def compile_grammar(self, text: str, root: str, budget: float) -> Grammar:
+        """A grammar for one sequence, compiled in the calling (request) thread."""
+        return Grammar(self._lib, self._vocab, text, root, budget)
+
+    def generate(self, prompt: list[int], limit: int, sampling: SamplingSpec,
+                 grammar: Grammar | None = None) -> Iterator[int]:
+        """Token ids of one sequence as they are sampled; closing the iterator cancels it.
+
+        The engine owns `grammar` from here on and frees it with the sequence.
+        """
+        sequence = _Sequence(list(prompt), limit, sampling, grammar=grammar)
         with self._wake:
             if self._closed:
+                if grammar is not None:
+                    grammar.close()
                 raise ModelLoadError("The model was closed; create the manager again.")
+            if not self._worker.is_alive():  # it cannot die from Python errors (see _run); should it die all the
+                self._fail_all("stopped")  # same, no caller is left waiting on a dead thread
+                self._start_worker()
             self._waiting.append(sequence)
             self._wake.notify()
         return self._read(sequence)
 
     def _read(self, sequence: _Sequence) -> Iterator[int]:
         try:
-            while (token := sequence.tokens.get()) != _END:
+            while (token := self._next_token(sequence)) != _END:
                 yield token
             if sequence.error is not None:
                 raise sequence.error
@@ -174,6 +210,22 @@ class BatchEngine:
             with self._wake:
                 sequence.cancelled = True
                 self._wake.notify()
+
+    def _next_token(self, sequence: _Sequence) -> int:
+        """The sequence's next token; an EngineFailedError if the worker thread is gone."""
+        while True:
+            try:
+                return sequence.tokens.get(timeout=_LIVENESS_CHECK)
+            except queue.Empty:
+                if not self._worker.is_alive() and sequence.tokens.empty():
+                    sequence.error = sequence.error or EngineFailedError(
+                        "The model's worker thread stopped while this request waited; retry the request.")
+                    return _END
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (it restarts itself after a failure; False only if that failed)."""
+        return self._worker.is_alive()
 
     @property
     def threads(self) -> int:
@@ -204,6 +256,37 @@ class BatchEngine:
 
     # --- the worker thread -------------------------------------------------------------------------
 
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="llama-batch", daemon=True)
+        self._worker.start()
+
+    def _run(self) -> None:
+        """The worker: the batching loop, started over after any failure that escapes a single sequence.
+
+        Such a failure ends every waiting and running request at once with a 503 (their state cannot be
+        trusted), clears the KV cache, counts a restart and goes on serving.
+        """
+        while True:
+            try:
+                self._loop()
+                return
+            except BaseException as exc:  # noqa: BLE001 - the worker must outlive any error
+                _log.exception("llama.cpp worker failed; ending its requests and starting over")
+                with self._wake:
+                    self._fail_all(f"failed ({type(exc).__name__})")
+
+    def _fail_all(self, what: str) -> None:
+        """End every waiting and running sequence with a 503, clear the KV cache, count a restart."""
+        self.restarts += 1
+        error = EngineFailedError(f"The model's worker {what} while this request was waiting or running; it was "
+                                  "restarted. Retry the request.")
+        for sequence in [*self._running.values(), *self._waiting]:
+            sequence.error = sequence.error or error
+            self._finish(sequence)
+        self._running.clear()
+        self._waiting.clear()
+        self._lib.llama_memory_clear(self._memory, True)
+
     def _loop(self) -> None:
         while True:
             with self._wake:
@@ -220,11 +303,11 @@ class BatchEngine:
                 running = list(self._running.values())
             try:
                 self._step(running)
-            except Exception as exc:  # noqa: BLE001 - handed to every caller of this step
+            except Exception as exc:  # noqa: BLE001 - the decode all of them shared failed
                 _log.exception("llama.cpp batch step failed")
-                for sequence in running:
-                    sequence.error = exc
-                    with self._wake:
+                with self._wake:
+                    for sequence in running:
+                        sequence.error = _as_request_error(exc)
                         self._finish(sequence)
 
     def _admit(self) -> None:
@@ -232,18 +315,13 @@ class BatchEngine:
         while free and self._waiting:
             sequence = self._waiting.popleft()
             if sequence.cancelled:
-                sequence.tokens.put(_END)
+                self._finish(sequence)
                 continue
             try:
                 sequence.sampler = self._make_sampler(sequence.sampling)
-                if sequence.sampling.grammar is not None:
-                    sequence.grammar = _Grammar(self._lib, self._vocab, *sequence.sampling.grammar)
-            except InvalidRequestError as exc:
-                if sequence.sampler is not None:
-                    self._lib.llama_sampler_free(sequence.sampler)
-                    sequence.sampler = None
-                sequence.error = exc
-                sequence.tokens.put(_END)
+            except Exception as exc:  # noqa: BLE001 - this request fails, the batch goes on
+                sequence.error = _as_request_error(exc)
+                self._finish(sequence)
                 continue
             sequence.seq_id = free.pop(0)
             self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
@@ -255,7 +333,7 @@ class BatchEngine:
         kept = deque(s for s in self._waiting if not s.cancelled)
         for sequence in self._waiting:
             if sequence.cancelled:
-                sequence.tokens.put(_END)
+                self._finish(sequence)
         self._waiting = kept
 
     def _finish(self, sequence: _Sequence) -> None:
@@ -300,10 +378,15 @@ class BatchEngine:
             for sequence, index in outputs:
                 if sequence.cancelled:
                     continue
-                if sequence.grammar is not None:
-                    token = sequence.grammar.sample(sequence.sampler, self._ctx, index)
-                else:
-                    token = lib.llama_sampler_sample(sequence.sampler, self._ctx, index)
+                try:
+                    if sequence.grammar is not None:
+                        token = sequence.grammar.sample(sequence.sampler, self._ctx, index)
+                    else:
+                        token = lib.llama_sampler_sample(sequence.sampler, self._ctx, index)
+                except Exception as exc:  # noqa: BLE001 - this sequence fails, the others go on
+                    sequence.error = _as_request_error(exc)
+                    self._finish(sequence)
+                    continue
                 sequence.generated += 1
                 sequence.last_token = token
                 sequence.tokens.put(token)

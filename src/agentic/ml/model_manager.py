@@ -106,7 +106,18 @@ class LlamaCppModel(Model):
         if self.engine is not None:  # the engine batches concurrent calls itself
             self.concurrent, self.parallel = True, self.engine.slots
         self.gpu_layers = gpu_layers
+        self.grammar_budget = settings.model_grammar_time_budget
         self.template = self._chat_template()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the batching worker runs (always, without one)."""
+        return self.engine.alive if self.engine else True
+
+    @property
+    def restarts(self) -> int:
+        """Times the batching worker failed and started over."""
+        return self.engine.restarts if self.engine else 0
 
     @property
     def threads(self) -> int:
@@ -130,9 +141,9 @@ class LlamaCppModel(Model):
         return self._generate(tokens, params, "prompt")
 
     def _chat(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
-        text = self.template.render(messages)
-        has_bos = bool(self.template.bos_token) and text.startswith(self.template.bos_token)
-        tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
+        model = self.llama._model
+        bos = [model.token_bos()] if model.token_bos() >= 0 and model.add_bos_token() else []
+        tokens = self.template.tokenize(messages, self._tokenize, bos)
         return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages")
 
     def _generate(self, tokens: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:
@@ -151,11 +162,11 @@ class LlamaCppModel(Model):
 
     def _batched(self, tokens: list[int], params: GenerationParams) -> Iterator[int]:
         assert self.engine is not None
-        grammar = self._grammar(params)
-        sampling = SamplingSpec(params.temperature, params.top_p, params.seed,
-                                (grammar._grammar, grammar._root) if grammar is not None else None)
+        gbnf = self._gbnf(params)
+        grammar = self.engine.compile_grammar(gbnf, "root", self.grammar_budget) if gbnf is not None else None
+        sampling = SamplingSpec(params.temperature, params.top_p, params.seed)
         room = self.context_size - len(tokens)
-        return self.engine.generate(tokens, params.token_limit(room), sampling)
+        return self.engine.generate(tokens, params.token_limit(room), sampling, grammar)
 
     def _text(self, generated: Iterator[int], tokens: list[int], params: GenerationParams) -> Iterator[Delta]:
         vocab = self.llama._model.vocab
@@ -167,21 +178,35 @@ class LlamaCppModel(Model):
         return stream.run(generated)
 
     def _grammar(self, params: GenerationParams) -> Any:
-        """llama.cpp's grammar for response_format: any JSON object, or JSON following a schema."""
+        """llama-cpp-python's grammar object for response_format (the unbatched path), or None."""
+        gbnf = self._gbnf(params)
+        return None if gbnf is None else self._llama_cpp.llama_grammar.LlamaGrammar.from_string(gbnf, verbose=False)
+
+    def _gbnf(self, params: GenerationParams) -> str | None:
+        """The GBNF grammar of response_format: any JSON object, or JSON following a schema (None: free text).
+
+        The schema was checked against MODEL_SCHEMA_* already; the grammar text is checked against
+        MODEL_GRAMMAR_MAX_BYTES before llama.cpp's native parser sees it.
+        """
         schema = params.json_schema
         if schema is None:
             return None
         grammar_module = self._llama_cpp.llama_grammar
+        if not schema:
+            return str(grammar_module.JSON_GBNF)
         try:
-            if not schema:
-                return grammar_module.LlamaGrammar.from_string(grammar_module.JSON_GBNF, verbose=False)
             gbnf = grammar_module.json_schema_to_gbnf(json.dumps(_ranges_as_enums(schema)))
-            # The converter lets raw control characters (a newline) into strings, which JSON forbids.
-            gbnf = gbnf.replace(_STRING_CHAR, _JSON_STRING_CHAR)
-            return grammar_module.LlamaGrammar.from_string(gbnf, verbose=False)
         except (AssertionError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # the converter asserts
             raise InvalidRequestError(f"response_format's JSON schema cannot be enforced by llama.cpp: {exc}",
                                       param="response_format") from None
+        # The converter lets raw control characters (a newline) into strings, which JSON forbids.
+        gbnf = gbnf.replace(_STRING_CHAR, _JSON_STRING_CHAR)
+        self.schema_limits.check_grammar(gbnf)
+        return gbnf
+
+    def _tokenize(self, text: str, special: bool) -> list[int]:
+        """Token ids of `text` (no BOS); `special`: whether control-token text becomes control tokens."""
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes as a prompt (BOS included)."""

@@ -7,10 +7,11 @@ gpt-4 and gpt-4o answer them; the result is returned in completion shape like ev
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
-from ..config import Settings, load_settings
+from ..config import Settings, display_url, load_settings
 from ..errors import (
     AgenticError,
     BackendNotInstalledError,
@@ -31,6 +32,8 @@ __all__ = ["OpenAIChatModel", "OpenAIModelManager"]
 
 _log = logging.getLogger(__name__)
 OFFICIAL_API = "https://api.openai.com/v1"
+DETAIL_CHARS = 300  # upstream error text passed on to clients: enough to act on, no page dumps
+_CREDENTIALS = re.compile(r"//[^/@\s]+@")  # the user:password@ of a URL quoted in an upstream message
 INVALID_KEY_HELP = (
     "Invalid API key: {url} rejected OPENAI_API_KEY (HTTP 401). Check:\n"
     "1. Key is correctly copied from https://platform.openai.com/api-keys\n"
@@ -62,7 +65,7 @@ class OpenAIChatModel(Model):
         self.pool = pool
         self._openai = _import_openai()
         self._secret = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        self._url = settings.openai_base_url or OFFICIAL_API
+        self._url = display_url(settings.openai_base_urls[0]) if settings.openai_base_urls else OFFICIAL_API
         self._schema_mode: str = settings.openai_response_format
 
     @property
@@ -198,7 +201,10 @@ class OpenAIChatModel(Model):
         return UpstreamError(f"{url} failed (HTTP {status}) after OPENAI_MAX_RETRIES retries: {detail}")
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        """An upstream's error text as we pass it on: no key, no credentials in URLs, at most DETAIL_CHARS."""
+        text = text.replace(self._secret, "***") if self._secret else text
+        text = _CREDENTIALS.sub("//", text)
+        return text if len(text) <= DETAIL_CHARS else text[:DETAIL_CHARS] + "... (trimmed)"
 
 
 class OpenAIModelManager(BaseModelManager):
@@ -226,8 +232,8 @@ class OpenAIModelManager(BaseModelManager):
         # One server: the SDK retries with backoff. Several: a failure moves on to the next server at once.
         retries = settings.openai_max_retries if len(urls) == 1 else 0
         self.pool = EndpointPool([
-            Endpoint(url, openai.OpenAI(api_key=key, base_url=url, organization=settings.openai_organization,
-                                        timeout=settings.openai_timeout, max_retries=retries))
+            Endpoint(display_url(url), openai.OpenAI(api_key=key, base_url=url, timeout=settings.openai_timeout,
+                                                     organization=settings.openai_organization, max_retries=retries))
             for url in urls
         ])
         super().__init__(settings)

@@ -132,15 +132,24 @@ class TransformersBatcher:
             for index, row in enumerate(rows):
                 token = self.pad_token
                 if not (row.done or row.cancelled):
-                    if row.constraint is not None:
-                        row.constraint.mask(logits[index])
-                    token = self._sample(logits[index], row.temperature, row.top_p, generators[index])
-                    if row.constraint is not None:
-                        row.constraint.accept(token)
-                    row.generated += 1
-                    row.tokens.put(token)
-                    row.done = token in self.end_tokens or row.generated >= row.limit
+                    try:
+                        token = self._next(row, logits[index], generators[index])
+                    except Exception as exc:  # noqa: BLE001 - this row fails, the batch goes on
+                        row.tokens.put(exc)
+                        row.done, token = True, self.pad_token
                 step.append(token)
             ids = torch.tensor([[token] for token in step], device=self.device)
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], dim=-1)
             positions = positions[:, -1:] + 1
+
+    def _next(self, row: _Row, logits: Any, generator: Any) -> int:
+        """Sample one row's next token (within its grammar) and hand it to its reader."""
+        if row.constraint is not None:
+            row.constraint.mask(logits)
+        token = self._sample(logits, row.temperature, row.top_p, generator)
+        if row.constraint is not None:
+            row.constraint.accept(token)
+        row.generated += 1
+        row.tokens.put(token)
+        row.done = token in self.end_tokens or row.generated >= row.limit
+        return token
