@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import typer
 from .config import Settings, load_settings
 from .cost import CostLine, PriceTable, Workload, compare
 from .errors import AgenticError
+from .logs import configure_logging
 from .ml.model_factory import create_model_manager, describe_configuration
 
 __all__ = ["app", "main"]
@@ -37,8 +37,7 @@ def _run(action: Callable[[], T]) -> T:
 
 
 def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="agentic: %(message)s",
-                        stream=sys.stderr)
+    configure_logging(logging.WARNING if quiet else logging.INFO, "agentic: %(message)s")
 
 
 @app.command()

@@ -35,6 +35,7 @@ from ..config import Settings, effective_values, load_settings
 from ..errors import AgenticError, ClientAuthenticationError, EngineFailedError, InvalidRequestError, ReloadRefusedError
 from ..ideas.analyzer import ANALYSIS_SYSTEM, TRIAGE_SYSTEM, CallRecord, IdeaAnalyzer, analysis_prompt, idea_prompt
 from ..ideas.schemas import Analysis, Triage
+from ..logs import configure_logging
 from ..ml.base import BaseModelManager, Model
 from ..ml.model_factory import create_model_manager
 from ..ml.shapes import answered_by
@@ -378,7 +379,7 @@ def serve(settings: Settings | None = None, host: str | None = None, port: int |
     settings = settings if settings is not None else load_settings()
     host = host or settings.api_host
     check_bind_address(host, settings)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     protocol = guarded_protocol(settings.api_header_timeout, settings.api_max_connections)
     uvicorn.run(create_app(settings, host=host), host=host, port=port or settings.api_port, log_level="info",
                 http=protocol, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)

@@ -7,7 +7,6 @@ gpt-4 and gpt-4o answer them; the result is returned in completion shape like ev
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from ..errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from ..logs import without_credentials
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec
 from .endpoints import Endpoint, EndpointPool
 
@@ -33,7 +33,6 @@ __all__ = ["OpenAIChatModel", "OpenAIModelManager"]
 _log = logging.getLogger(__name__)
 OFFICIAL_API = "https://api.openai.com/v1"
 DETAIL_CHARS = 300  # upstream error text passed on to clients: enough to act on, no page dumps
-_CREDENTIALS = re.compile(r"//[^/@\s]+@")  # the user:password@ of a URL quoted in an upstream message
 INVALID_KEY_HELP = (
     "Invalid API key: {url} rejected OPENAI_API_KEY (HTTP 401). Check:\n"
     "1. Key is correctly copied from https://platform.openai.com/api-keys\n"
@@ -203,7 +202,7 @@ class OpenAIChatModel(Model):
     def _redact(self, text: str) -> str:
         """An upstream's error text as we pass it on: no key, no credentials in URLs, at most DETAIL_CHARS."""
         text = text.replace(self._secret, "***") if self._secret else text
-        text = _CREDENTIALS.sub("//", text)
+        text = without_credentials(text)
         return text if len(text) <= DETAIL_CHARS else text[:DETAIL_CHARS] + "... (trimmed)"
 
 
