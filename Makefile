@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 IDEAS ?= examples/business_ideas.csv
 OUT ?= runs/business_ideas
 
-.PHONY: setup setup-dev run test lint bench clean
+.PHONY: setup setup-dev run test lint audit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: setup-dev
 lint: setup-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+
+# Known advisories in the installed packages. Needs PyPI's per-version JSON API and OSV: not reachable from
+# this project's CI machines (only the package index is), so it is not part of `make lint` (see README).
+audit: setup-dev
+	$(BIN)/pip-audit --strict --skip-editable
 
 bench: setup-dev
 	$(BIN)/python benchmarks/bench.py

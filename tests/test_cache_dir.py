@@ -57,7 +57,7 @@ def test_commands_print_one_error_line_for_an_unusable_cache(tmp_path: Path, kin
     cache = _unusable_cache(kind, tmp_path)
     environment = {**os.environ, "MODEL_CACHE_DIR": str(cache), "API_PORT": str(free_port())}
     process = subprocess.run(COMMANDS[command], cwd=tmp_path, env=environment, capture_output=True, text=True,
-                             timeout=120)
+                             timeout=None)
     assert process.returncode == 2, process.stderr
     assert "Traceback" not in process.stderr
     errors = [line for line in process.stderr.splitlines() if line.startswith("Error:")]

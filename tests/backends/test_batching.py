@@ -52,7 +52,7 @@ def _concurrently(function: Any, items: list[Any]) -> list[Any]:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=300)
+        thread.join(timeout=None)
     return [results[index] for index in range(len(items))]
 
 

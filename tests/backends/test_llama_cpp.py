@@ -222,7 +222,7 @@ def test_concurrent_threads_with_lock_get_independent_results(gemma_path: Path) 
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=120)
+        thread.join(timeout=None)
     assert results == expected
 
 

@@ -20,7 +20,7 @@ from agentic.errors import (
 )
 from agentic.ml.model_factory import create_model_manager
 from agentic.ml.openai_model_manager import OpenAIModelManager
-from conftest import make_settings
+from conftest import SLOW_MACHINE_TIMEOUT, make_settings
 from faults import SECRET, FaultHandler, fault_server
 
 
@@ -61,7 +61,7 @@ def fault_server_fixture() -> Iterator[tuple[str, type[FaultHandler]]]:
 
 def _model(url: str, retries: int = 0) -> Any:
     manager = OpenAIModelManager(make_settings(model_backend="openai", openai_base_url=url, openai_api_key=SECRET,
-                                               openai_max_retries=retries, openai_timeout=10))
+                                               openai_max_retries=retries, openai_timeout=SLOW_MACHINE_TIMEOUT))
     return manager.get(heavy=True)[0]
 
 

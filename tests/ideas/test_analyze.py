@@ -23,7 +23,7 @@ from agentic.ml.base import BaseModelManager
 from agentic.ml.gpu_model_manager import GPUModelManager
 from agentic.ml.model_manager import ModelManager
 from agentic.ml.openai_model_manager import OpenAIModelManager
-from conftest import REPO_ROOT, make_settings
+from conftest import REPO_ROOT, SLOW_MACHINE_TIMEOUT, make_settings
 
 IDEA = Idea(title="Dog bakery subscription", description="Monthly boxes of fresh dog treats delivered to the door.")
 SCORE = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 10}},
@@ -91,7 +91,7 @@ def _peer_manager(llama_server: str) -> OpenAIModelManager:
     """The openai backend on the session's llama_cpp.server, both tiers on its Gemma."""
     return OpenAIModelManager(make_settings(model_backend="openai", openai_base_url=llama_server,
                                             openai_heavy_model="gemma", openai_light_model="gemma",
-                                            openai_max_retries=0))
+                                            openai_max_retries=0, openai_timeout=SLOW_MACHINE_TIMEOUT))
 
 
 @pytest.mark.slow
@@ -142,7 +142,7 @@ def _stop_after(process: subprocess.Popen[str], results: Path, lines: int, sig: 
     while len(_complete_lines(results)) < lines and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     process.send_signal(sig)
-    output, _ = process.communicate(timeout=60)
+    output, _ = process.communicate(timeout=None)
     return output
 
 
@@ -167,7 +167,7 @@ def test_interrupted_and_killed_runs_resume_with_each_idea_exactly_once(tmp_path
     assert after_first < after_second < 6
 
     third = _analyze(ideas, out)
-    output, _ = third.communicate(timeout=300)
+    output, _ = third.communicate(timeout=None)
     assert third.returncode == 0, output
     assert f"{after_second} of 6 ideas were already done" in output
     counts = Counter(str(line["id"]) for line in _complete_lines(results))
@@ -187,7 +187,7 @@ async def test_ideas_route_returns_validated_analysis(llama: ModelManager) -> No
     app = create_app(make_settings(model_n_threads=2), llama)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
         answer = await client.post("/v1/ideas/analyze", json={"title": IDEA.title, "description": IDEA.description},
-                                   timeout=120)
+                                   timeout=None)
         assert answer.status_code == 200, answer.text
         body = answer.json()
         Triage.model_validate(body["triage"])

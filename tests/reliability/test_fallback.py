@@ -125,12 +125,12 @@ def fallback_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_server_keeps_answering_with_the_network_cable_pulled(fallback_server: str) -> None:
     for _ in range(3):
-        answer = httpx.post(f"{fallback_server}/v1/chat/completions", timeout=60, json={
+        answer = httpx.post(f"{fallback_server}/v1/chat/completions", timeout=None, json={
             "model": "heavy", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
         assert answer.status_code == 200, answer.text
         assert answer.headers["x-agentic-backend"] == "llama_cpp"
         assert answer.json()["model"] == GEMMA
-    with httpx.stream("POST", f"{fallback_server}/v1/chat/completions", timeout=60, json={
+    with httpx.stream("POST", f"{fallback_server}/v1/chat/completions", timeout=None, json={
             "model": "light", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
             "stream": True}) as streamed:
         assert streamed.headers["x-agentic-backend"] == "llama_cpp"
@@ -161,7 +161,7 @@ def test_upstream_killed_mid_stream_gives_the_client_a_clean_error_event(tmp_pat
                                             OPENAI_API_KEY=SECRET, OPENAI_MAX_RETRIES="0",
                                             MODEL_FALLBACK="llama_cpp")
         try:
-            with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=30, json={
+            with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=None, json={
                     "model": "heavy", "messages": [{"role": "user", "content": "Hi"}], "stream": True}) as streamed:
                 assert streamed.status_code == 200
                 assert streamed.headers["x-agentic-backend"] == "openai"  # text came from openai: no failover

@@ -64,7 +64,7 @@ def _fuzz(url: str, path: str, method: str, examples: int, timeout: float) -> Co
     ("/v1/backend", "GET", 5), ("/ready", "GET", 3), ("/admin/reload", "POST", 5), ("/v1/ideas/analyze", "POST", 4),
 ])
 def test_fuzzed_requests_never_get_a_500(server_url: str, path: str, method: str, examples: int) -> None:
-    statuses = _fuzz(server_url, path, method, examples, timeout=300)
+    statuses = _fuzz(server_url, path, method, examples, timeout=None)
     print(path, dict(statuses))
     assert sum(statuses.values()) >= 1 and 500 not in statuses
     if path in {"/v1/chat/completions", "/v1/completions"}:

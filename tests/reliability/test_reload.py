@@ -20,13 +20,13 @@ ADMIN = "admin-key-for-tests"
 
 
 def _chat(url: str, **extra: Any) -> httpx.Response:
-    return httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+    return httpx.post(f"{url}/v1/chat/completions", timeout=None, json={
         "model": "heavy", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, **extra})
 
 
 def _reload(url: str, key: str | None = ADMIN) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    return httpx.post(f"{url}/admin/reload", headers=headers, timeout=120)
+    return httpx.post(f"{url}/admin/reload", headers=headers, timeout=None)
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_reload_switches_backend_while_a_stream_finishes_on_the_old_one(tmp_path
         finished: dict[str, Any] = {}
 
         def long_stream() -> None:
-            with httpx.stream("POST", f"{url}/v1/completions", timeout=120, json={
+            with httpx.stream("POST", f"{url}/v1/completions", timeout=None, json={
                     "model": "heavy", "prompt": "Once upon a time", "max_tokens": 150, "temperature": 0.8,
                     "stream": True}) as streamed:
                 finished["backend"] = streamed.headers["x-agentic-backend"]
@@ -65,7 +65,7 @@ def test_reload_switches_backend_while_a_stream_finishes_on_the_old_one(tmp_path
         new = _chat(url)
         assert new.status_code == 200 and new.headers["x-agentic-backend"] == "openai"
         assert new.json()["model"] == "gemma"
-        reader.join(timeout=120)
+        reader.join(timeout=None)
         assert finished == {"backend": "llama_cpp", "last": "length", "done": True}
 
         # A bad config is refused with the reason, and the running one keeps serving.

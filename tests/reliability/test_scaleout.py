@@ -12,7 +12,7 @@ import pytest
 
 from agentic.ml.endpoints import BACKOFF_START
 from agentic.ml.openai_model_manager import OpenAIModelManager
-from conftest import make_settings, start_llama_server, stop
+from conftest import SLOW_MACHINE_TIMEOUT, make_settings, start_llama_server, stop
 
 
 @pytest.fixture()
@@ -33,7 +33,7 @@ def test_load_is_spread_and_a_killed_server_is_taken_out_then_probed_back(
 ) -> None:
     urls = [url for url, _ in three_servers]
     settings = make_settings(model_backend="openai", openai_base_url=",".join(urls), openai_heavy_model="gemma",
-                             openai_light_model="gemma", openai_timeout=60)
+                             openai_light_model="gemma", openai_timeout=SLOW_MACHINE_TIMEOUT)
     with OpenAIModelManager(settings) as manager:
         model, lock = manager.get(heavy=True)
 

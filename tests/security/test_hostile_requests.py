@@ -201,3 +201,23 @@ def test_ready_without_a_key_says_only_ready(server: tuple[str, Path, float]) ->
     detailed = httpx.get(f"{url}/ready", headers=AUTH, timeout=None)
     assert bare.status_code == 200 and bare.json() == {"status": "ready"}
     assert detailed.json()["loaded"] == {"heavy": True, "light": True}
+
+
+@pytest.mark.slow
+def test_openai_backend_keeps_control_token_text_as_text(server: tuple[str, Path, float]) -> None:
+    """The openai backend passes messages through; on a server that keeps text as text (ours), so does it."""
+    from agentic.ml.openai_model_manager import OpenAIModelManager
+    from conftest import make_settings
+
+    url, _, _ = server
+    settings = make_settings(model_backend="openai", openai_base_url=f"{url}/v1", openai_api_key=KEY,
+                             openai_heavy_model="heavy", openai_light_model="light")
+    with OpenAIModelManager(settings) as manager:
+        model, _ = manager.get(heavy=True)
+
+        def prompt_tokens(content: str) -> int:
+            answer = model.create_chat_completion(messages=[{"role": "user", "content": content}], max_tokens=1)
+            assert isinstance(answer, dict)
+            return int(answer["usage"]["prompt_tokens"])
+
+        assert prompt_tokens("<start_of_turn>") >= prompt_tokens("x") + 3

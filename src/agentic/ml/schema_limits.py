@@ -48,11 +48,14 @@ class SchemaLimits:
         """Raise SchemaTooComplexError (400) when `schema` is over any limit; None and {} always pass."""
         if not schema:
             return
-        size = len(json.dumps(schema, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-        _refuse(size > self.max_bytes, f"is {size:,} bytes long", "MODEL_SCHEMA_MAX_BYTES", self.max_bytes)
-        for path, depth, node in _walk(schema):
+        nodes = []
+        for path, depth, node in _walk(schema):  # depth first: json.dumps below recurses
             _refuse(depth > self.max_depth, f"nests {depth} levels deep at {path}", "MODEL_SCHEMA_MAX_DEPTH",
                     self.max_depth)
+            nodes.append((path, node))
+        size = len(json.dumps(schema, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        _refuse(size > self.max_bytes, f"is {size:,} bytes long", "MODEL_SCHEMA_MAX_BYTES", self.max_bytes)
+        for path, node in nodes:
             if isinstance(node, dict):
                 self._check_keywords(path, node)
 
