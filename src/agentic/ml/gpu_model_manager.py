@@ -99,7 +99,8 @@ class TransformersModel(Model):
         return self._generate(self.tokenizer(prompt).input_ids, params, "prompt")
 
     def _chat(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
-        bos = self.tokenizer("", add_special_tokens=True).input_ids  # what the tokenizer puts first (Gemma: BOS)
+        first = self.tokenizer("", add_special_tokens=True).input_ids[:1]  # does the tokenizer start with BOS?
+        bos = first if first and first[0] == self.tokenizer.bos_token_id else []
         ids = self.template.tokenize(messages, self._tokenize, bos)
         return self._generate(ids, replace(params, stop=params.stop + self.template.stop), "messages")
 

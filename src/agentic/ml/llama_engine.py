@@ -94,9 +94,15 @@ class Grammar:
         self._all: Any = None  # the whole vocabulary's candidates, allocated on the first full mask
 
     def sample(self, chain: Any, ctx: Any, index: int) -> int:
-        """The next token, sampled by `chain` among those the grammar allows (timed against the budget)."""
+        """The next token, sampled by `chain` among those the grammar allows.
+
+        The grammar's own work (judging, masking, advancing) is timed against the budget; sampling the
+        token, which a free-text request pays too, is not.
+        """
+        lib = self._lib
+        token = lib.llama_sampler_sample(chain, ctx, index)
         started = time.perf_counter()
-        token = self._sample(chain, ctx, index)
+        token = self._judge(token, chain, ctx, index)
         self.spent += time.perf_counter() - started
         if self.spent > self.budget:
             raise SchemaTooComplexError(
@@ -105,9 +111,9 @@ class Grammar:
                 "other request. Simplify the schema (fewer enum values or alternatives), or raise the budget.")
         return token
 
-    def _sample(self, chain: Any, ctx: Any, index: int) -> int:
+    def _judge(self, token: int, chain: Any, ctx: Any, index: int) -> int:
+        """`token` if the grammar allows it, else a resampled allowed one; the grammar then accepts it."""
         lib = self._lib
-        token = lib.llama_sampler_sample(chain, ctx, index)
         self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
         single = lib.llama_token_data_array(self._one, 1, -1, False)
         lib.llama_sampler_apply(self.sampler, ctypes.byref(single))
