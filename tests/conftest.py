@@ -9,8 +9,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from agentic.config import Settings, load_settings
@@ -34,6 +36,24 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MODEL_CACHE_DIR", str(CACHE_DIR))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
+
+
+# Batched or cached decode steps round differently from one raw llama.cpp call; a greedy choice may flip only
+# where the two best logits are this close. A mixed-up sequence or a wrong cache cell would be off by whole logits.
+TIE_TOLERANCE = 0.5
+
+
+def assert_greedy_up_to_a_tie(reference: Any, prompt: list[int], generated: list[int]) -> None:
+    """Each token of `generated` is raw llama.cpp's greedy choice, up to a first near-tie (then texts part ways)."""
+    reference.reset()
+    reference.eval(prompt + generated)
+    for step, token in enumerate(generated):
+        logits = np.asarray(reference.scores[len(prompt) - 1 + step])
+        best = int(logits.argmax())
+        if best != token:
+            gap = float(logits[best] - logits[token])
+            assert gap < TIE_TOLERANCE, f"step {step}: chose a token {gap:.3f} logits below the best"
+            return
 
 
 def make_settings(**overrides: object) -> Settings:

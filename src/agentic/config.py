@@ -112,6 +112,15 @@ class Settings(BaseSettings):
         "that arrive together share a batch); 1 = one at a time. llama.cpp's KV cache holds MODEL_PARALLEL x "
         "MODEL_CONTEXT_SIZE tokens.", ge=1, le=256,
     )
+    model_prefix_cache: bool = _field(
+        True, "MODEL_PREFIX_CACHE",
+        "llama.cpp: keep each finished sequence's KV cells and reuse the longest shared prompt prefix (from any "
+        "sequence) instead of computing it again; usage.prompt_tokens_details.cached_tokens counts the reuse.",
+    )
+    model_flash_attention: bool = _field(
+        True, "MODEL_FLASH_ATTENTION",
+        "llama.cpp: flash attention where the build supports it (faster on long prompts; false = off).",
+    )
     model_preload: bool = _field(
         False, "MODEL_PRELOAD", "Load both tiers when the manager is created instead of on first use."
     )

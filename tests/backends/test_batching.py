@@ -8,23 +8,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from agentic.ml.llama_engine import SamplingSpec
 from agentic.ml.model_manager import LlamaCppModel, ModelManager
-from conftest import make_settings
+from conftest import assert_greedy_up_to_a_tie, make_settings
 
 PROMPTS = ["The capital of France is", "Water is made of", "Once upon a time", "The best way to learn is",
            "In 1492, Columbus", "My favourite food is", "The sun rises in the", "A good business idea is"]
-# Batched and single-token decode steps round differently; greedy choices may flip only where the
-# two best logits are this close. A mixed-up sequence would be off by whole logits.
-TIE_TOLERANCE = 0.5
 
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[LlamaCppModel]:
-    manager = ModelManager(make_settings(model_parallel=8, model_context_size=512, model_n_threads=2))
+    # Raw llama.cpp's reference below runs without flash attention and keeps no other sequence's cells: so does
+    # this engine, for the token-for-token comparison (the prefix cache has its own tests).
+    manager = ModelManager(make_settings(model_parallel=8, model_context_size=512, model_n_threads=2,
+                                         model_prefix_cache=False, model_flash_attention=False))
     model, _ = manager.get(heavy=True)
     assert isinstance(model, LlamaCppModel) and model.engine is not None
     yield model
@@ -76,16 +75,7 @@ def test_batched_greedy_differs_from_sequential_only_at_ties(model: LlamaCppMode
     outputs = _concurrently(lambda p: list(engine.generate(_tokens(model, p), 32, SamplingSpec(0.0, 0.95))), PROMPTS)
     for prompt, generated in zip(PROMPTS, outputs, strict=True):
         assert len(generated) == 32
-        prompt_tokens = _tokens(model, prompt)
-        reference.reset()
-        reference.eval(prompt_tokens + generated)
-        for step, token in enumerate(generated):
-            logits = np.asarray(reference.scores[len(prompt_tokens) - 1 + step])
-            best = int(logits.argmax())
-            if best != token:
-                gap = float(logits[best] - logits[token])
-                assert gap < TIE_TOLERANCE, f"{prompt!r} step {step}: chose a token {gap:.3f} logits below the best"
-                break  # after a tie the two texts are different continuations; nothing more to compare
+        assert_greedy_up_to_a_tie(reference, _tokens(model, prompt), generated)
 
 
 def test_more_streams_than_slots_all_finish_unmixed(model: LlamaCppModel) -> None:

@@ -40,8 +40,11 @@ def test_completion_greedy_is_deterministic_with_real_usage(manager: ModelManage
     text = first["choices"][0]["text"]
     assert text.strip() and text == second["choices"][0]["text"]
     assert first["choices"][0]["finish_reason"] == "length"
-    assert first["usage"] == {"prompt_tokens": model.count_tokens(PROMPT), "completion_tokens": 12,
-                              "total_tokens": model.count_tokens(PROMPT) + 12}
+    prompt_tokens = model.count_tokens(PROMPT)
+    assert first["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 12,
+                              "total_tokens": prompt_tokens + 12, "prompt_tokens_details": {"cached_tokens": 0}}
+    # The second time the prompt's KV cells are reused, all but the last token (whose logits start the answer).
+    assert second["usage"]["prompt_tokens_details"] == {"cached_tokens": prompt_tokens - 1}
 
 
 def test_same_text_as_raw_llama_cpp(manager: ModelManager, gemma_path: Path) -> None:

@@ -163,7 +163,7 @@ async def _stream_events(state: ServerState, endpoint: str, labels: dict[str, st
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-def _record(state: ServerState, labels: dict[str, str], endpoint: str, status: int, usage: dict[str, int] | None,
+def _record(state: ServerState, labels: dict[str, str], endpoint: str, status: int, usage: dict[str, Any] | None,
             started: float, request_id: str, first_token_at: float, error: AgenticError | None = None) -> None:
     """Metrics and the log line of one finished request (`error`: what ended it, counted by its code)."""
     metrics, elapsed = state.metrics, time.perf_counter() - started
@@ -174,6 +174,7 @@ def _record(state: ServerState, labels: dict[str, str], endpoint: str, status: i
     metrics.time_to_first_token.labels(**labels).observe(first_token_at - started)
     usage = usage or {}
     metrics.prompt_tokens.labels(**labels).inc(usage.get("prompt_tokens", 0))
+    metrics.cached_tokens.labels(**labels).inc((usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
     metrics.completion_tokens.labels(**labels).inc(usage.get("completion_tokens", 0))
     _log.info("request id=%s endpoint=%s tier=%s backend=%s status=%s prompt_tokens=%s completion_tokens=%s "
               "latency_ms=%.0f", request_id, endpoint, labels["tier"], labels["backend"], status,

@@ -24,6 +24,9 @@ class Metrics:
                               registry=self.registry)
         self.prompt_tokens = Counter("agentic_prompt_tokens_total", "Prompt tokens processed", labels,
                                      registry=self.registry)
+        self.cached_tokens = Counter("agentic_prompt_cached_tokens_total",
+                                     "Prompt tokens reused from the prefix cache (hit rate: over prompt tokens)",
+                                     labels, registry=self.registry)
         self.completion_tokens = Counter("agentic_completion_tokens_total", "Completion tokens generated", labels,
                                          registry=self.registry)
         self.time_to_first_token = Histogram("agentic_time_to_first_token_seconds", "Time to the first token",

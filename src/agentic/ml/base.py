@@ -109,6 +109,7 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None  # prompt tokens reused from a prefix cache (None: the backend has none)
     served_by: tuple[str, str] | None = None  # (backend, model) on the first delta when a fallback answered
 
 
@@ -234,7 +235,7 @@ class TokenTextStream:
             if close is not None:
                 close()
         tail = "" if finish == "stop" and not self.stop.pending else self.stop.flush() + decoder.decode(b"", True)
-        yield Delta(tail, finish, self.prompt_tokens, count)
+        yield Delta(tail, finish, self.prompt_tokens, count, getattr(tokens, "cached_tokens", None))
 
 
 class Model(ABC):

@@ -16,15 +16,16 @@ import logging
 import queue
 import random
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import AgenticError, EngineFailedError, InvalidRequestError, ModelLoadError, SchemaTooComplexError
+from ..errors import AgenticError, EngineFailedError, ModelLoadError
+from .grammar_sampler import Grammar
+from .prefix_cache import Placement, PrefixCache
 
-__all__ = ["BatchEngine", "Grammar", "SamplingSpec"]
+__all__ = ["BatchEngine", "Generation", "Grammar", "SamplingSpec"]
 
 _log = logging.getLogger(__name__)
 _END = -1  # sentinel on a sequence's token queue: no more tokens
@@ -59,6 +60,8 @@ class _Sequence:
     seq_id: int = -1
     fed: int = 0  # prompt tokens already decoded
     generated: int = 0
+    output: list[int] = field(default_factory=list)  # tokens sampled so far
+    cached: int = 0  # leading prompt tokens whose KV cells were reused, not computed
     last_token: int = -1
     sampler: Any = None
     grammar: Grammar | None = None
@@ -66,94 +69,40 @@ class _Sequence:
     error: BaseException | None = None
 
 
-class Grammar:
-    """response_format's grammar, checked against the sampled token first.
+def _in_cells(sequence: _Sequence) -> list[int]:
+    """The tokens whose KV cells the sequence holds: the prompt fed so far, then every sampled token but the last."""
+    if sequence.fed < len(sequence.prompt):
+        return sequence.prompt[:sequence.fed]
+    return sequence.prompt + sequence.output[:-1]
 
-    Masking all 262k candidates of a vocabulary costs ~20-50 ms per token on a CPU, so, as llama.cpp's
-    own common sampler does, the sequence samples freely and the grammar judges that one token. When it
-    refuses it (about one token in seven for a small model writing JSON), the grammar masks the `TOP`
-    most likely tokens and the sequence samples among those it allows; only when it allows none of them
-    is the whole vocabulary masked. Greedy decoding gives exactly the full-mask answer (every token
-    outside the top has a lower logit); sampling differs only in never reaching past the top `TOP`,
-    which the chain's own top-k (40) does anyway.
-    """
 
-    TOP = 64
+class Generation(Iterator[int]):
+    """The token ids of one sequence as they are sampled; `close()` cancels it."""
 
-    def __init__(self, lib: Any, vocab: Any, text: str, root: str, budget: float) -> None:
-        """Compile `text` (in the caller's thread: a slow or failing compile never holds up the batch)."""
-        self._lib = lib
-        self.sampler = lib.llama_sampler_init_grammar(vocab, text.encode(), root.encode())
-        if not self.sampler:
-            raise InvalidRequestError("llama.cpp could not compile the grammar for response_format.",
-                                      param="response_format")
-        self.budget, self.spent = budget, 0.0  # seconds of grammar work this sequence may use, and has used
-        self._n_vocab = lib.llama_vocab_n_tokens(vocab)
-        self._one = (lib.llama_token_data * 1)()
-        self._top = (lib.llama_token_data * self.TOP)()
-        self._all: Any = None  # the whole vocabulary's candidates, allocated on the first full mask
+    def __init__(self, tokens: Iterator[int], sequence: _Sequence) -> None:
+        self._tokens = tokens
+        self._sequence = sequence
 
-    def sample(self, chain: Any, ctx: Any, index: int) -> int:
-        """The next token, sampled by `chain` among those the grammar allows.
-
-        The grammar's own work (judging, masking, advancing) is timed against the budget; sampling the
-        token, which a free-text request pays too, is not.
-        """
-        lib = self._lib
-        token = lib.llama_sampler_sample(chain, ctx, index)
-        started = time.perf_counter()
-        token = self._judge(token, chain, ctx, index)
-        self.spent += time.perf_counter() - started
-        if self.spent > self.budget:
-            raise SchemaTooComplexError(
-                f"Enforcing response_format's schema took {self.spent:.1f} s of grammar work, over "
-                f"MODEL_GRAMMAR_TIME_BUDGET={self.budget:g} s: the request was ended so that it does not slow every "
-                "other request. Simplify the schema (fewer enum values or alternatives), or raise the budget.")
-        return token
-
-    def _judge(self, token: int, chain: Any, ctx: Any, index: int) -> int:
-        """`token` if the grammar allows it, else a resampled allowed one; the grammar then accepts it."""
-        lib = self._lib
-        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
-        single = lib.llama_token_data_array(self._one, 1, -1, False)
-        lib.llama_sampler_apply(self.sampler, ctypes.byref(single))
-        if self._one[0].logit == float("-inf"):
-            token = self._resample(chain, ctx, index)
-        lib.llama_sampler_accept(self.sampler, token)
-        return token
-
-    def _resample(self, chain: Any, ctx: Any, index: int) -> int:
-        import numpy as np
-
-        lib, n = self._lib, self._n_vocab
-        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), shape=(n,))
-        top = np.argpartition(logits, n - self.TOP)[n - self.TOP:]
-        for slot, token in enumerate(top):
-            self._top[slot].id, self._top[slot].logit, self._top[slot].p = int(token), float(logits[token]), 0.0
-        candidates = lib.llama_token_data_array(self._top, self.TOP, -1, False)
-        lib.llama_sampler_apply(self.sampler, ctypes.byref(candidates))
-        if any(self._top[slot].logit != float("-inf") for slot in range(self.TOP)):
-            lib.llama_sampler_apply(chain, ctypes.byref(candidates))
-            return int(self._top[candidates.selected].id)
-        if self._all is None:
-            self._all = (lib.llama_token_data * n)()
-            self._view = np.frombuffer(self._all, dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
-        self._view["id"] = np.arange(n, dtype=np.int32)
-        self._view["logit"] = logits
-        self._view["p"] = 0.0
-        candidates = lib.llama_token_data_array(self._all, n, -1, False)
-        lib.llama_sampler_apply(self.sampler, ctypes.byref(candidates))
-        lib.llama_sampler_apply(chain, ctypes.byref(candidates))
-        return int(self._view["id"][candidates.selected])
+    def __next__(self) -> int:
+        return next(self._tokens)
 
     def close(self) -> None:
-        self._lib.llama_sampler_free(self.sampler)
+        """Stop reading: the sequence ends at the next step and frees its slot."""
+        close = getattr(self._tokens, "close", None)
+        if close is not None:
+            close()
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens reused from the prefix cache (known once the sequence was admitted)."""
+        return self._sequence.cached
 
 
 class BatchEngine:
     """Runs up to `slots` generations at once on one llama.cpp model."""
 
-    def __init__(self, llama: Any, slots: int, context_per_slot: int, threads: int, batch_size: int = 512) -> None:
+    def __init__(self, llama: Any, slots: int, context_per_slot: int, threads: int, batch_size: int = 512,
+                 prefix_cache: bool = True, flash_attention: bool = True) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
@@ -167,7 +116,10 @@ class BatchEngine:
         params.n_batch = params.n_ubatch = self.batch_size
         params.n_seq_max = slots
         params.n_threads = params.n_threads_batch = threads
-        params.kv_unified = True
+        params.kv_unified = True  # one buffer: a prefix shared by several sequences is stored once
+        params.swa_full = True  # sliding-window layers keep every cell, so any cached prefix can be reused
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if flash_attention
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         self._ctx = llama_cpp.llama_init_from_model(llama._model.model, params)
         if not self._ctx:
             raise ModelLoadError(
@@ -177,6 +129,8 @@ class BatchEngine:
         self._batch = llama_cpp.llama_batch_init(self.batch_size, 0, 1)
         self._waiting: deque[_Sequence] = deque()
         self._running: dict[int, _Sequence] = {}
+        self.cache = PrefixCache(prefix_cache)
+        self.prompt_tokens = self.cached_tokens = 0  # since start: prompt tokens asked for, and reused
         self._wake = threading.Condition()
         self._closed = self._released = False
         self.restarts = 0  # times the worker failed outside any one sequence and started over
@@ -188,7 +142,7 @@ class BatchEngine:
         return Grammar(self._lib, self._vocab, text, root, budget)
 
     def generate(self, prompt: list[int], limit: int, sampling: SamplingSpec,
-                 grammar: Grammar | None = None) -> Iterator[int]:
+                 grammar: Grammar | None = None) -> Generation:
         """Token ids of one sequence as they are sampled; closing the iterator cancels it.
 
         The engine owns `grammar` from here on and frees it with the sequence.
@@ -204,7 +158,7 @@ class BatchEngine:
                 self._start_worker()
             self._waiting.append(sequence)
             self._wake.notify()
-        return self._read(sequence)
+        return Generation(self._read(sequence), sequence)
 
     def _read(self, sequence: _Sequence) -> Iterator[int]:
         try:
@@ -292,6 +246,7 @@ class BatchEngine:
         self._running.clear()
         self._waiting.clear()
         self._lib.llama_memory_clear(self._memory, True)
+        self.cache.forget()
 
     def _loop(self) -> None:
         while True:
@@ -329,9 +284,24 @@ class BatchEngine:
                 sequence.error = _as_request_error(exc)
                 self._finish(sequence)
                 continue
-            sequence.seq_id = free.pop(0)
-            self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
-            self._running[sequence.seq_id] = sequence
+            placement = self.cache.place(sequence.prompt, free,
+                                         {slot: _in_cells(other) for slot, other in self._running.items()})
+            self._seat(sequence, placement)
+            free.remove(placement.slot)
+            self._running[placement.slot] = sequence
+
+    def _seat(self, sequence: _Sequence, placement: Placement) -> None:
+        """Give `sequence` its slot's cells: the reused prefix kept (or shared from the donor), the rest dropped."""
+        lib, memory, slot, keep = self._lib, self._memory, placement.slot, placement.keep
+        if placement.donor is not None:
+            lib.llama_memory_seq_rm(memory, slot, -1, -1)
+            lib.llama_memory_seq_cp(memory, placement.donor, slot, 0, keep)
+        elif not lib.llama_memory_seq_rm(memory, slot, keep, -1):  # a model whose cells cannot be cut: start over
+            lib.llama_memory_seq_rm(memory, slot, -1, -1)
+            keep = 0
+        sequence.seq_id, sequence.fed, sequence.cached = slot, keep, keep
+        self.prompt_tokens += len(sequence.prompt)
+        self.cached_tokens += keep
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running.values() if s.cancelled]:
@@ -346,7 +316,11 @@ class BatchEngine:
         """Free the sequence's KV cells and sampler; tell its reader it is over."""
         if self._running.get(sequence.seq_id) is sequence:
             del self._running[sequence.seq_id]
-            self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+            if sequence.error is None and self.cache.enabled:  # its cells stay, for a later prompt with that prefix
+                self.cache.hold(sequence.seq_id, _in_cells(sequence))
+            else:
+                self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+                self.cache.forget(sequence.seq_id)
         if sequence.sampler is not None:
             self._lib.llama_sampler_free(sequence.sampler)
             sequence.sampler = None
@@ -377,6 +351,11 @@ class BatchEngine:
         if batch.n_tokens == 0:
             return
         status = lib.llama_decode(self._ctx, batch)
+        if status == 1 and self.cache.holders():  # no room for the batch: free the cells kept for reuse, retry
+            for slot in self.cache.holders():
+                lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+            self.cache.forget()
+            status = lib.llama_decode(self._ctx, batch)
         if status != 0:
             raise ModelLoadError(f"llama_decode failed with status {status} (KV cache full?). Lower MODEL_PARALLEL "
                                  "or the prompt sizes.")
@@ -394,6 +373,7 @@ class BatchEngine:
                     self._finish(sequence)
                     continue
                 sequence.generated += 1
+                sequence.output.append(token)
                 sequence.last_token = token
                 sequence.tokens.put(token)
                 if lib.llama_vocab_is_eog(self._vocab, token) or sequence.generated >= sequence.limit:

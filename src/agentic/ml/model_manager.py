@@ -38,6 +38,10 @@ def _import_llama_cpp() -> Any:
 
 
 _STRING_CHAR = r'char ::= [^"\\] |'
+_SPACE_RULE = 'space ::= " "?'
+# llama.cpp's own converter lets JSON break lines and indent, as models write it; a single optional space
+# pushed small models into `{ "name"...` on one line, and some of them never closed a string.
+_JSON_SPACE_RULE = r'space ::= | " " | "\n"{1,2} [ \t]{0,20}'
 _JSON_STRING_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 
 
@@ -94,7 +98,8 @@ class LlamaCppModel(Model):
                 n_threads=settings.threads, n_threads_batch=settings.threads, n_gpu_layers=gpu_layers, verbose=False,
             )
             self.engine = BatchEngine(self.llama, settings.model_parallel, settings.model_context_size,
-                                      settings.threads) if batched else None
+                                      settings.threads, prefix_cache=settings.model_prefix_cache,
+                                      flash_attention=settings.model_flash_attention) if batched else None
 
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(
@@ -200,7 +205,7 @@ class LlamaCppModel(Model):
             raise InvalidRequestError(f"response_format's JSON schema cannot be enforced by llama.cpp: {exc}",
                                       param="response_format") from None
         # The converter lets raw control characters (a newline) into strings, which JSON forbids.
-        gbnf = gbnf.replace(_STRING_CHAR, _JSON_STRING_CHAR)
+        gbnf = gbnf.replace(_STRING_CHAR, _JSON_STRING_CHAR).replace(_SPACE_RULE, _JSON_SPACE_RULE)
         self.schema_limits.check_grammar(gbnf)
         return gbnf
 

@@ -93,7 +93,11 @@ class ResultShape:
             served.close()  # a reader that stops early ends the generation now
 
 
-def _usage(delta: Delta | None) -> dict[str, int]:
+def _usage(delta: Delta | None) -> dict[str, Any]:
     prompt = delta.prompt_tokens or 0 if delta else 0
     completion = delta.completion_tokens or 0 if delta else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}
+    if delta is not None and delta.cached_tokens is not None:  # OpenAI's field for prompt-cache hits
+        usage["prompt_tokens_details"] = {"cached_tokens": delta.cached_tokens}
+    return usage

@@ -1,0 +1,121 @@
+"""Prompt prefix reuse in the llama.cpp batching engine, on the real Gemma GGUF."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentic.ml.llama_engine import SamplingSpec
+from agentic.ml.model_manager import LlamaCppModel, ModelManager
+from agentic.ml.prefix_cache import PrefixCache, common_prefix
+from conftest import assert_greedy_up_to_a_tie, make_settings
+
+INSTRUCTIONS = "You are a careful analyst of business ideas. Judge the market, the competition and the risks. " * 12
+
+
+def _manager(**overrides: Any) -> ModelManager:
+    return ModelManager(make_settings(model_parallel=4, model_context_size=1024, model_n_threads=2, **overrides))
+
+
+@pytest.fixture(scope="module")
+def cached() -> Iterator[LlamaCppModel]:
+    manager = _manager()
+    model, _ = manager.get(heavy=True)
+    assert isinstance(model, LlamaCppModel)
+    yield model
+    manager.close()
+
+
+@pytest.fixture(scope="module")
+def reference(gemma_path: Path) -> Any:
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(gemma_path), n_ctx=1024, n_threads=2, verbose=False, logits_all=True,
+                 flash_attn=True)
+
+
+def _complete(model: LlamaCppModel, idea: str, max_tokens: int = 24) -> dict[str, Any]:
+    result = model.create_completion(f"{INSTRUCTIONS}\nIdea: {idea}\nVerdict:", max_tokens=max_tokens, temperature=0)
+    assert isinstance(result, dict)
+    return result
+
+
+def _greedy(model: LlamaCppModel, idea: str) -> tuple[list[int], list[int], int]:
+    """(prompt ids, 24 greedy ids, prompt tokens reused) straight from the engine."""
+    assert model.engine is not None
+    prompt = model.llama.tokenize(f"{INSTRUCTIONS}\nIdea: {idea}\nVerdict:".encode(), add_bos=True, special=True)
+    generation = model.engine.generate(prompt, 24, SamplingSpec(0.0, 1.0))
+    return prompt, list(generation), generation.cached_tokens
+
+
+def test_a_repeated_prompt_reuses_all_but_its_last_token_and_stays_greedy(cached: LlamaCppModel,
+                                                                          reference: Any) -> None:
+    prompt, first, _ = _greedy(cached, "a dog bakery")
+    _, again, reused = _greedy(cached, "a dog bakery")
+    assert reused == len(prompt) - 1
+    assert_greedy_up_to_a_tie(reference, prompt, first)
+    assert_greedy_up_to_a_tie(reference, prompt, again)
+    assert again == first  # measured here: the same ids (a flip would need a near-tie at the first token)
+
+
+def test_a_shared_prefix_is_reused_by_another_prompt(cached: LlamaCppModel, reference: Any) -> None:
+    _greedy(cached, "a cat hotel")
+    prompt, generated, reused = _greedy(cached, "a bicycle repair van")
+    assert len(prompt) - 20 < reused < len(prompt)
+    assert_greedy_up_to_a_tie(reference, prompt, generated)
+
+
+def test_the_prefix_cache_can_be_turned_off() -> None:
+    manager = _manager(model_prefix_cache=False)
+    try:
+        model, _ = manager.get(heavy=True)
+        assert isinstance(model, LlamaCppModel)
+        _complete(model, "a dog bakery")
+        assert _complete(model, "a dog bakery")["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    finally:
+        manager.close()
+
+
+def test_a_running_sequence_shares_its_prefix_with_a_new_one(cached: LlamaCppModel) -> None:
+    """A prompt admitted while another with the same instructions runs gets its cells (seq_cp), not a recompute."""
+    assert cached.engine is not None
+    engine = cached.engine
+    engine.cache.forget()  # nothing held: only the running sequence can donate
+    for slot in range(engine.slots):
+        engine._lib.llama_memory_seq_rm(engine._memory, slot, -1, -1)
+    started = threading.Event()
+    results: dict[str, Any] = {}
+
+    def long_one() -> None:
+        stream = cached.create_completion(f"{INSTRUCTIONS}\nIdea: a tea shop\nVerdict:", max_tokens=64, stream=True,
+                                          temperature=0)
+        for chunk in stream:  # type: ignore[union-attr]
+            started.set()
+            results.setdefault("first", chunk)
+
+    runner = threading.Thread(target=long_one)
+    runner.start()
+    started.wait()
+    second = _complete(cached, "a night market", max_tokens=4)
+    runner.join()
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] > second["usage"]["prompt_tokens"] - 20
+
+
+def test_placement_prefers_own_cells_then_shares_the_longest_prefix() -> None:
+    cache = PrefixCache()
+    assert common_prefix([1, 2, 3, 4], [1, 2, 3, 9], limit=10) == 3
+    assert common_prefix([1, 2, 3], [1, 2, 3], limit=2) == 2  # the last prompt token is always computed
+    first = cache.place([1, 2, 3, 4], free=[0, 1], running={})
+    assert (first.keep, first.donor) == (0, None)
+    cache.hold(first.slot, [1, 2, 3, 4, 5])
+    again = cache.place([1, 2, 3, 7], free=[0, 1], running={})
+    assert (again.slot, again.keep, again.donor) == (first.slot, 3, None)  # its own cells
+    shared = cache.place([1, 2, 3, 4, 8], free=[1], running={0: [1, 2, 3, 4, 5]})
+    assert (shared.slot, shared.keep, shared.donor) == (1, 4, 0)  # another sequence's cells
+    off = PrefixCache(enabled=False)
+    off.hold(0, [1, 2, 3])
+    assert off.place([1, 2, 3, 4], free=[0], running={1: [1, 2, 3]}).keep == 0
