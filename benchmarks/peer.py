@@ -42,7 +42,7 @@ from agentic.ml.default_model import embedded_model_path  # noqa: E402
 INSTRUCTIONS = ("You are a senior analyst who reviews business ideas for a small investment fund. For each idea, "
                 "describe the target market and its size, the main competitors, the strengths and the risks, and "
                 "give a score from 1 to 10 with a one-sentence reason. Be concrete, avoid generic advice, and keep "
-                "each part short. ") * 6  # about 630 tokens with the chat template
+                "each part short. ") * 6  # about 400 tokens with the chat template
 IDEAS = ["a dog bakery", "a solar phone-charging kiosk", "a tool library", "a repair cafe", "rooftop bee hives",
          "electric boat rentals", "weekend coding camps", "smart compost bins", "a night market app",
          "a bicycle repair van", "a tea subscription", "a language exchange cafe", "a plant nursery for offices",
@@ -62,7 +62,7 @@ def chat(url: str, model: str, messages: list[dict[str, str]], **extra: Any) -> 
 
 
 def shared_prefix(server: Server) -> dict[str, float]:
-    """16 requests with the same ~630-token instructions, 8 at a time: wall time and prompt tokens computed."""
+    """16 requests with the same ~400-token instructions, 8 at a time: wall time and prompt tokens computed."""
     def one(idea: str) -> dict[str, Any]:
         return chat(server.url, server.model, [{"role": "system", "content": INSTRUCTIONS},
                                                {"role": "user", "content": f"Idea: {idea}."}],
@@ -200,7 +200,7 @@ def main() -> None:
     figures: dict[str, list[dict[str, float]]] = {}
     sixteen = {"idle memory, 16 slots": idle_memory, "1 streaming client, 64 tokens": streaming(1, 64),
                "16 clients, 64 tokens": streaming(16, 64), "16 clients, 256 tokens": streaming(16, 256),
-               "shared ~630-token prefix, 16 requests 8 at a time": shared_prefix,
+               "shared ~400-token prefix, 16 requests 8 at a time": shared_prefix,
                "structured json_schema, 8 clients": structured}
     eight = {"8 clients, 64 tokens, 8 slots each": streaming(8, 64)}
     print(f"Gemma 3 270M Q4_K_M, {threads} threads, prompts {PROMPTS[0]!r}...", flush=True)

@@ -232,3 +232,22 @@ def test_engine_grammar_shortcut_matches_the_full_mask_when_greedy(llama: ModelM
         expected = answers(serial)
     assert answers(llama) == expected
     Analysis.model_validate_json(expected[1])
+
+
+def test_llama_cpp_schema_grammar_lets_json_break_lines_and_indent(llama: ModelManager) -> None:
+    """Like llama.cpp's own converter: newlines and indentation between tokens, not one optional space, so a
+    small model writing pretty-printed JSON is not pushed into `{ "name"...` on one line."""
+    from agentic.ml.base import GenerationParams
+    from agentic.ml.model_manager import LlamaCppModel
+
+    model, _ = llama.get(heavy=True)
+    assert isinstance(model, LlamaCppModel) and model.engine is not None
+    params = GenerationParams.build(64, 0.0, 1.0, None, None, response_format=response_format(Triage))
+    gbnf = model._gbnf(params)
+    assert gbnf is not None and 'space ::= | " " | "\\n"{1,2} [ \\t]{0,20}' in gbnf
+    model.engine.compile_grammar(gbnf, "root", 10.0).close()  # llama.cpp's parser takes it
+    answer = model.create_chat_completion(
+        messages=[{"role": "user", "content": "Return the JSON, one key per line, indented by two spaces."}],
+        max_tokens=200, temperature=0, response_format=response_format(Triage))
+    assert isinstance(answer, dict) and answer["choices"][0]["finish_reason"] == "stop"
+    Triage.model_validate_json(answer["choices"][0]["message"]["content"])
