@@ -98,7 +98,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: API_PORT, 8000).")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /v1/ideas/analyze,
-    /metrics). POST /admin/reload or SIGHUP re-reads .env without a restart."""
+    /health, /ready, /metrics). POST /admin/reload or SIGHUP re-reads .env without a restart. Limits: API_KEYS,
+    API_MAX_BODY_BYTES, API_MAX_CONNECTIONS, API_HEADER_TIMEOUT, API_BODY_TIMEOUT, MODEL_SCHEMA_* (see README)."""
     from .api.app import serve as serve_api
 
     _run(lambda: serve_api(load_settings(), host=host, port=port))
