@@ -191,3 +191,18 @@ async def test_unenforceable_json_schema_is_400_not_500(client: httpx.AsyncClien
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "response_format" and "cannot be enforced by llama.cpp" in error["message"]
+
+
+async def test_ready_is_503_when_the_check_itself_fails(manager: BaseModelManager,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> str | None:
+        raise RuntimeError("probe exploded")
+
+    monkeypatch.setattr(manager, "problem", broken)
+    app = _app(manager)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        answer = await client.get("/ready")
+    assert answer.status_code == 503
+    assert answer.json() == {"status": "not_ready", "loaded": answer.json()["loaded"],
+                             "problem": "the readiness check failed (RuntimeError)"}

@@ -45,7 +45,10 @@ class Readiness:
         if self._check is None:
             self._check = asyncio.ensure_future(loop.run_in_executor(self._executor, self.manager.problem))
             self._check.add_done_callback(self._store)
-        return await asyncio.shield(self._check)
+        try:
+            return await asyncio.shield(self._check)
+        except Exception as exc:  # noqa: BLE001 - a failing check means "not ready", never a 500
+            return f"the readiness check failed ({type(exc).__name__})"
 
     def _store(self, check: asyncio.Future[str | None]) -> None:
         self._check = None
