@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         True, "MODEL_FLASH_ATTENTION",
         "llama.cpp: flash attention where the build supports it (faster on long prompts; false = off).",
     )
+    model_keep_alive: float = _field(
+        0.0, "MODEL_KEEP_ALIVE",
+        "Seconds a loaded model may stay unused before it is unloaded to free memory (the next request loads it "
+        "again, like Ollama's keep_alive); 0 = keep models loaded.", ge=0,
+    )
     model_preload: bool = _field(
         False, "MODEL_PRELOAD", "Load both tiers when the manager is created instead of on first use."
     )

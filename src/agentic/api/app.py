@@ -321,10 +321,11 @@ def _add_routes(app: FastAPI, server: Server) -> None:
     @app.get("/v1/models", summary="The tiers and their real model names")
     async def models() -> dict[str, Any]:
         state = server.current
-        ids = [*TIERS, *dict.fromkeys(state.manager.specs[tier].name for tier in TIERS)]
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0,
+        specs, loaded = state.manager.specs, {tier: state.manager.is_loaded(tier == "heavy") for tier in TIERS}
+        ids = {**{tier: loaded[tier] for tier in TIERS}, **{specs[tier].name: loaded[tier] for tier in TIERS}}
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "loaded": is_loaded,
                                             "owned_by": f"agentic-{state.manager.backend}"}
-                                           for model_id in dict.fromkeys(ids)]}
+                                           for model_id, is_loaded in ids.items()]}
 
     @app.get("/v1/backend", summary="The effective configuration (secrets as SET/NOT SET)")
     async def backend() -> dict[str, Any]:
@@ -354,8 +355,9 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         state = server.current
         loaded = {tier: state.manager.is_loaded(tier == "heavy") for tier in TIERS}
         problem = await state.readiness.problem()
-        if problem is None and state.settings.model_preload and not all(loaded.values()):
-            problem = "models are still loading"
+        settings = state.settings
+        if problem is None and settings.model_preload and not settings.model_keep_alive and not all(loaded.values()):
+            problem = "models are still loading"  # (with MODEL_KEEP_ALIVE an unloaded model is idle, not loading)
         body: dict[str, Any] = {"status": "ready" if problem is None else "not_ready"}
         try:  # the details (what is loaded, what is wrong upstream) only for a caller with a key
             check_bearer(request.headers.get("authorization"), state.keys)

@@ -9,7 +9,9 @@ here once, so every backend answers in exactly the same shape.
 from __future__ import annotations
 
 import codecs
+import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -18,6 +20,7 @@ from typing import Any, ClassVar
 
 from ..config import Settings, load_settings
 from ..errors import ContextLengthExceededError, InvalidRequestError
+from .keep_alive import KeepAlive
 from .schema_limits import SchemaLimits
 from .shapes import ResultShape
 
@@ -35,6 +38,7 @@ __all__ = [
 ]
 
 Message = dict[str, Any]
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -257,6 +261,9 @@ class Model(ABC):
         self.name = name
         self.context_size = context_size  # 0 when the backend does not say (a remote API)
         self._busy = threading.Lock()
+        self._activity = threading.Lock()
+        self.active = 0  # generations running now (MODEL_KEEP_ALIVE never unloads a model in use)
+        self.last_used = time.monotonic()
 
     @abstractmethod
     def _complete(self, prompt: str, params: GenerationParams) -> Iterator[Delta]:
@@ -287,7 +294,7 @@ class Model(ABC):
             raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}.", param="prompt")
         check_text(prompt, "prompt")
         params = self._params(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
-        deltas = self._serialized(self._complete(prompt, params))
+        deltas = self._tracked(lambda: self._complete(prompt, params))
         shape = ResultShape("cmpl", "text_completion", self.name, self.backend)
         return shape.stream(deltas, chat=False) if stream else shape.collect(deltas, chat=False)
 
@@ -307,7 +314,7 @@ class Model(ABC):
         _check_messages(messages)
         check_text(messages, "messages")
         params = self._params(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
-        deltas = self._serialized(self._chat(list(messages), params))
+        deltas = self._tracked(lambda: self._chat(list(messages), params))
         shape = ResultShape("chatcmpl", "chat.completion", self.name, self.backend)
         return shape.stream(deltas, chat=True) if stream else shape.collect(deltas, chat=True)
 
@@ -318,6 +325,31 @@ class Model(ABC):
         check_text(params.response_format, "response_format")
         self.schema_limits.check(params.json_schema)
         return params
+
+    def _tracked(self, start: Callable[[], Iterator[Delta]]) -> Iterator[Delta]:
+        """`start()`'s deltas, counted as a use of the model from now until they end (or are closed)."""
+        self._use(+1)
+        try:
+            deltas = self._serialized(start())
+        except BaseException:
+            self._use(-1)
+            raise
+
+        def tracked() -> Iterator[Delta]:
+            try:
+                yield from deltas
+            finally:
+                close = getattr(deltas, "close", None)
+                if close is not None:
+                    close()
+                self._use(-1)
+
+        return tracked()
+
+    def _use(self, change: int) -> None:
+        with self._activity:
+            self.active += change
+            self.last_used = time.monotonic()
 
     def _serialized(self, deltas: Iterator[Delta]) -> Iterator[Delta]:
         """Run one generation at a time on this model, even for callers that skip the lock.
@@ -396,6 +428,8 @@ class BaseModelManager(ABC):
         self._loading = threading.Lock()
         if self.settings.model_preload:
             self.load_all()
+        keep_alive = self.settings.model_keep_alive
+        self._keep_alive = KeepAlive(self, keep_alive) if keep_alive > 0 else None
 
     @classmethod
     @abstractmethod
@@ -418,7 +452,23 @@ class BaseModelManager(ABC):
                 model = self._load(spec)
                 model.schema_limits = SchemaLimits.from_settings(self.settings)
                 self._models[spec.key] = (model, model.new_lock())
+            self._models[spec.key][0].last_used = time.monotonic()
             return self._models[spec.key]
+
+    def unload_idle(self, seconds: float) -> list[str]:
+        """Unload every model not used for `seconds` and not generating now (MODEL_KEEP_ALIVE); their keys."""
+        now, unloaded = time.monotonic(), []
+        with self._loading:
+            for key, (model, _) in list(self._models.items()):
+                with model._activity:
+                    idle = model.active == 0 and now - model.last_used >= seconds
+                if idle:
+                    del self._models[key]
+                    model.close()
+                    unloaded.append(key)
+                    _log.info("unloaded %s: unused for %g s (MODEL_KEEP_ALIVE); the next request loads it again",
+                              model.name, seconds)
+        return unloaded
 
     def load_all(self) -> None:
         """Load both tiers now (MODEL_PRELOAD=true does this at creation)."""
@@ -446,6 +496,8 @@ class BaseModelManager(ABC):
 
     def close(self) -> None:
         """Free every loaded model."""
+        if self._keep_alive is not None:
+            self._keep_alive.stop()
         with self._loading:
             for model, _ in self._models.values():
                 model.close()
