@@ -38,6 +38,7 @@ class AgenticError(Exception):
     error_type: str = "server_error"
     code: str | None = None
     param: str | None = None
+    retry_after: int | None = None  # seconds, sent as Retry-After (a full queue sets it)
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

@@ -182,8 +182,7 @@ def _record(state: ServerState, labels: dict[str, str], endpoint: str, status: i
 
 
 def _error_response(exc: AgenticError) -> JSONResponse:
-    retry_after = getattr(exc, "retry_after", None)
-    headers = {"retry-after": str(retry_after)} if retry_after is not None else None
+    headers = {"retry-after": str(exc.retry_after)} if exc.retry_after is not None else None
     return JSONResponse(exc.to_openai(), status_code=exc.status_code, headers=headers)
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..ml.base import invalid_text
+from ..ml.base import invalid_text, invalid_text_message
 
 __all__ = ["UNSUPPORTED_FIELDS", "ChatCompletionRequest", "ChatMessage", "CompletionRequest", "IdeaRequest",
            "StreamOptions"]
@@ -50,8 +50,7 @@ _NEUTRAL: tuple[Any, ...] = (None, False, 0, "none", "", [], {})
 def _check_text(data: Any) -> None:
     where = invalid_text(data, "body")
     if where is not None:
-        raise request_error(where, f"{where} is not valid Unicode (it holds a lone surrogate such as \\ud800); "
-                                   "send valid UTF-8 text.")
+        raise request_error(where, invalid_text_message(where))
 
 
 def request_error(param: str, message: str) -> PydanticCustomError:

@@ -136,7 +136,7 @@ async def send_error(send: Any, error: AgenticError) -> None:
     """An OpenAI-envelope error response, sent straight on the ASGI channel."""
     body = json.dumps(error.to_openai()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if isinstance(error, ServerBusyError):
+    if error.retry_after is not None:
         headers.append((b"retry-after", str(error.retry_after).encode()))
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -162,9 +162,9 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[Any]:
             super().connection_made(transport)
             if len(self.connections) > max_connections:
                 body = json.dumps(busy.to_openai()).encode()
-                transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-                                b"retry-after: 1\r\nconnection: close\r\ncontent-length: " + str(len(body)).encode()
-                                + b"\r\n\r\n" + body)
+                transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: "
+                                + str(busy.retry_after).encode() + b"\r\nconnection: close\r\ncontent-length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body)
                 transport.close()
                 return
             self._arm()

@@ -35,6 +35,7 @@ __all__ = [
     "TokenTextStream",
     "check_context",
     "invalid_text",
+    "invalid_text_message",
 ]
 
 Message = dict[str, Any]
@@ -150,13 +151,17 @@ def invalid_text(value: Any, path: str) -> str | None:
     return None
 
 
+def invalid_text_message(where: str) -> str:
+    """What a request with a lone surrogate at `where` is told (the library and the API say the same)."""
+    return (f"{where} is not valid Unicode: it holds a lone surrogate (such as \\ud800), which no model can read. "
+            "Send valid UTF-8 text.")
+
+
 def check_text(value: Any, param: str) -> None:
     """Refuse text that is not valid Unicode (a lone surrogate), naming where it is."""
     where = invalid_text(value, param)
     if where is not None:
-        raise InvalidRequestError(
-            f"{where} is not valid Unicode: it holds a lone surrogate (such as \\ud800), which no model can read. "
-            "Send valid UTF-8 text.", param=where)
+        raise InvalidRequestError(invalid_text_message(where), param=where)
 
 
 def check_context(prompt_tokens: int, context_size: int, what: str = "prompt") -> None:
@@ -337,11 +342,8 @@ class Model(ABC):
 
         def tracked() -> Iterator[Delta]:
             try:
-                yield from deltas
+                yield from deltas  # closing this generator closes `deltas` too (and ends the generation)
             finally:
-                close = getattr(deltas, "close", None)
-                if close is not None:
-                    close()
                 self._use(-1)
 
         return tracked()

@@ -75,6 +75,8 @@ class TransformersModel(Model):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         self.template = self._chat_template()
+        first = tokenizer("", add_special_tokens=True).input_ids[:1]  # does the tokenizer start with BOS?
+        self._bos = first if first and first[0] == tokenizer.bos_token_id else []
         ends = model.generation_config.eos_token_id
         self.end_tokens = set(ends if isinstance(ends, list) else [ends]) | {tokenizer.eos_token_id}
         # A turn end such as Gemma's <end_of_turn> is one special token that decoding hides: stop on its id.
@@ -99,9 +101,7 @@ class TransformersModel(Model):
         return self._generate(self.tokenizer(prompt).input_ids, params, "prompt")
 
     def _chat(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
-        first = self.tokenizer("", add_special_tokens=True).input_ids[:1]  # does the tokenizer start with BOS?
-        bos = first if first and first[0] == self.tokenizer.bos_token_id else []
-        ids = self.template.tokenize(messages, self._tokenize, bos)
+        ids = self.template.tokenize(messages, self._tokenize, self._bos)
         return self._generate(ids, replace(params, stop=params.stop + self.template.stop), "messages")
 
     def _tokenize(self, text: str, special: bool) -> list[int]:
