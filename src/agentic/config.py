@@ -126,6 +126,12 @@ class Settings(BaseSettings):
         "Seconds a loaded model may stay unused before it is unloaded to free memory (the next request loads it "
         "again, like Ollama's keep_alive); 0 = keep models loaded.", ge=0,
     )
+    model_memory_budget_mb: int = _field(
+        0, "MODEL_MEMORY_BUDGET_MB",
+        "Memory the local models may hold together, in MB (llama.cpp: weights + KV cache, estimated before "
+        "loading). A load that would pass it first unloads the least recently used idle model, else it is refused "
+        "with a clear error instead of the OOM killer; 0 = no budget.", ge=0,
+    )
     model_preload: bool = _field(
         False, "MODEL_PRELOAD", "Load both tiers when the manager is created instead of on first use."
     )

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidAPIKeyError",
     "InvalidOutputError",
     "InvalidRequestError",
+    "MemoryBudgetError",
     "ModelFileNotFoundError",
     "ModelLoadError",
     "ModelNotAvailableError",
@@ -171,6 +172,16 @@ class OutOfMemoryError(AgenticError):
 
     status_code = 503
     code = "out_of_memory"
+
+
+class MemoryBudgetError(OutOfMemoryError):
+    """Loading a model would pass MODEL_MEMORY_BUDGET_MB; the message names the figures and the fix."""
+
+    code = "memory_budget"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
 
 
 class EngineFailedError(AgenticError):

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from ..config import Settings, load_settings
 from ..errors import ContextLengthExceededError, InvalidRequestError
 from .keep_alive import KeepAlive
+from .memory_budget import MemoryBudget
 from .schema_limits import SchemaLimits
 from .shapes import ResultShape
 
@@ -428,6 +429,7 @@ class BaseModelManager(ABC):
         self.specs = {"heavy": self._resolve(heavy=True), "light": self._resolve(heavy=False)}
         self._models: dict[str, tuple[Model, AbstractContextManager[Any]]] = {}
         self._loading = threading.Lock()
+        self._budget = MemoryBudget(self.settings.model_memory_budget_mb)
         if self.settings.model_preload:
             self.load_all()
         keep_alive = self.settings.model_keep_alive
@@ -451,25 +453,47 @@ class BaseModelManager(ABC):
         spec = self.specs["heavy" if heavy else "light"]
         with self._loading:
             if spec.key not in self._models:
+                need = self.footprint_mb(spec) if self._budget.enabled else None
+                if need is not None:  # MODEL_MEMORY_BUDGET_MB: unload idle models first, or refuse
+                    self._budget.make_room(spec.name, need, self._idle_since(), self._unload)
                 model = self._load(spec)
                 model.schema_limits = SchemaLimits.from_settings(self.settings)
                 self._models[spec.key] = (model, model.new_lock())
+                if need is not None:
+                    self._budget.hold(spec.key, model.name, need)
             self._models[spec.key][0].last_used = time.monotonic()
             return self._models[spec.key]
+
+    def footprint_mb(self, spec: ModelSpec) -> float | None:
+        """Estimated memory the model will hold once loaded (None: nothing local to count, or unknown)."""
+        return None
+
+    def _idle_since(self) -> dict[str, float]:
+        """Loaded models not generating now: key -> when last used."""
+        idle = {}
+        for key, (model, _) in self._models.items():
+            with model._activity:
+                if model.active == 0:
+                    idle[key] = model.last_used
+        return idle
+
+    def _unload(self, key: str) -> None:
+        """Close a loaded model and forget it (the loading lock is held)."""
+        model, _ = self._models.pop(key)
+        self._budget.release(key)
+        model.close()
 
     def unload_idle(self, seconds: float) -> list[str]:
         """Unload every model not used for `seconds` and not generating now (MODEL_KEEP_ALIVE); their keys."""
         now, unloaded = time.monotonic(), []
         with self._loading:
-            for key, (model, _) in list(self._models.items()):
-                with model._activity:
-                    idle = model.active == 0 and now - model.last_used >= seconds
-                if idle:
-                    del self._models[key]
-                    model.close()
+            for key, last_used in self._idle_since().items():
+                if now - last_used >= seconds:
+                    name = self._models[key][0].name
+                    self._unload(key)
                     unloaded.append(key)
                     _log.info("unloaded %s: unused for %g s (MODEL_KEEP_ALIVE); the next request loads it again",
-                              model.name, seconds)
+                              name, seconds)
         return unloaded
 
     def load_all(self) -> None:
@@ -501,9 +525,8 @@ class BaseModelManager(ABC):
         if self._keep_alive is not None:
             self._keep_alive.stop()
         with self._loading:
-            for model, _ in self._models.values():
-                model.close()
-            self._models.clear()
+            for key in list(self._models):
+                self._unload(key)
 
     def __enter__(self) -> BaseModelManager:
         return self

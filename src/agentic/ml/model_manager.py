@@ -20,6 +20,7 @@ from .base import BaseModelManager, Delta, GenerationParams, Message, Model, Mod
 from .chat_templates import ChatTemplate, fallback_template
 from .default_model import EMBEDDED_LABEL, embedded_model_path
 from .llama_engine import BatchEngine, SamplingSpec
+from .memory_budget import gguf_footprint_mb
 
 __all__ = ["LlamaCppModel", "ModelManager", "resolve_gguf_path"]
 
@@ -241,6 +242,11 @@ class ModelManager(BaseModelManager):
 
     def _resolve(self, heavy: bool) -> ModelSpec:
         return resolve_gguf_path(self.settings, "model_7b_path" if heavy else "model_1b_path")
+
+    def footprint_mb(self, spec: ModelSpec) -> float:
+        """Weights + the KV cache of MODEL_PARALLEL x MODEL_CONTEXT_SIZE tokens (+ a tenth), from the GGUF header."""
+        kv_tokens = self.settings.model_parallel * self.settings.model_context_size
+        return gguf_footprint_mb(_import_llama_cpp(), Path(spec.key), kv_tokens)
 
     def _load(self, spec: ModelSpec) -> Model:
         apply_gpu_environment(self.settings)
