@@ -1,6 +1,6 @@
 """Our server against llama.cpp's own C++ `llama-server`, the peer a user would pick, on every workload.
 
-    .venv/bin/python benchmarks/peer.py [--rounds 3] [--llama-server PATH]
+    .venv/bin/python benchmarks/peer.py [--rounds 3] [--llama-server PATH] [--proxy]
 
 Without --llama-server it builds llama-server once (about 13 minutes on 2 cores) from the llama.cpp sources
 vendored in the sdist of the installed llama-cpp-python, so both run the same llama.cpp, into
@@ -10,7 +10,8 @@ Same GGUF (the embedded Gemma 3 270M), same threads (physical cores), 16 slots x
 (llama-server --parallel 16 -c 32768 --no-jinja --chat-template gemma; ours MODEL_PARALLEL=16), and a second
 pair with 8 slots each. Rounds alternate which server goes first; each row prints the medians and the
 median of the per-round ratios. Every request opens a fresh connection (llama-server drops a kept-alive
-one after a stream).
+one after a stream). --proxy adds llama-server behind our openai backend (the cost of managing llama-server
+as the engine instead of running our own).
 """
 
 from __future__ import annotations
@@ -176,23 +177,37 @@ def compare(rows: dict[str, Workload], pair: tuple[Server, Server], rounds: int,
                       flush=True)
 
 
-def report(rows: list[str], figures: dict[str, list[dict[str, float]]]) -> None:
+def report(rows: list[str], figures: dict[str, list[dict[str, float]]], ours_name: str = "agentic",
+           title: str = "Ours vs llama-server") -> None:
     table = []
     for row in rows:
-        ours, peer = figures[f"{row}/agentic"], figures[f"{row}/llama-server"]
+        ours, peer = figures[f"{row}/{ours_name}"], figures[f"{row}/llama-server"]
         for metric in ours[0]:
             ratios = [a[metric] / b[metric] for a, b in zip(ours, peer, strict=True) if b[metric]]
             table.append([row, metric, f"{statistics.median(a[metric] for a in ours):.2f}",
                           f"{statistics.median(b[metric] for b in peer):.2f}",
                           f"**{statistics.median(ratios):.2f}x**" if ratios else "-"])
-    print_table("Ours vs llama-server (medians over alternating rounds; ratio = median of per-round ours/peer)",
-                ["workload", "metric", "agentic", "llama-server", "ratio"], table)
+    print_table(f"{title} (medians over alternating rounds; ratio = median of per-round ours/peer)",
+                ["workload", "metric", ours_name, "llama-server", "ratio"], table)
+
+
+def proxied(binary: Path, gguf: Path, threads: int) -> tuple[Server, Server]:
+    """Design 2 of issue 11: agentic's openai backend in front of a llama-server, against that llama-server."""
+    _, peer = servers(binary, gguf, 16, threads)
+    proxy = Server.agentic(8103, {"MODEL_BACKEND": "openai", "OPENAI_BASE_URL": f"{peer.url}/v1",
+                                  "OPENAI_API_KEY": "unused", "OPENAI_HEAVY_MODEL": peer.model,
+                                  "OPENAI_LIGHT_MODEL": peer.model, "API_REMOTE_CONCURRENCY": "16"})
+    proxy.name = "agentic->llama-server"
+    return proxy, peer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--llama-server", help="a llama-server binary (default: build it once from the sources)")
+    parser.add_argument("--proxy", action="store_true",
+                        help="also measure llama-server behind agentic's openai backend (a managed llama-server's "
+                             "cost: the proxy hop per token)")
     args = parser.parse_args()
     binary = llama_server_binary(args.llama_server)
     gguf = embedded_model_path(load_settings(env_file=None).model_cache_dir)
@@ -209,6 +224,12 @@ def main() -> None:
         with ours, peer:
             compare(rows, (ours, peer), args.rounds, figures)
     report([*sixteen, *eight], figures)
+    if args.proxy:
+        rows = {"1 streaming client, 64 tokens": streaming(1, 64), "16 clients, 64 tokens": streaming(16, 64)}
+        proxy, peer = proxied(binary, gguf, threads)
+        with peer, proxy:
+            compare(rows, (proxy, peer), args.rounds, figures)
+        report(list(rows), figures, proxy.name, "llama-server behind agentic's openai backend vs llama-server")
 
 
 if __name__ == "__main__":

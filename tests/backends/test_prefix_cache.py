@@ -81,10 +81,9 @@ def test_the_prefix_cache_can_be_turned_off() -> None:
 
 
 def test_a_running_sequence_shares_its_prefix_with_a_new_one(cached: LlamaCppModel, reference: Any) -> None:
-    """A prompt admitted while another with the same instructions runs gets its cells, not a recompute.
+    """A prompt admitted while another with the same instructions runs shares its cells, not a recompute.
 
-    Each sequence has its own KV stream, so llama.cpp copies the donor's cells into the new stream; the
-    greedy tokens after the copy are the ones computed from scratch.
+    The greedy tokens after the share (seq_cp) are the ones computed from scratch, up to near-ties.
     """
     assert cached.engine is not None
     engine = cached.engine

@@ -3,10 +3,9 @@
 The batching engine keeps a finished sequence's KV cells instead of clearing them, and remembers which
 tokens they hold. A new prompt goes to the free slot whose cells share the longest prefix with it, and
 only the rest of the prompt is computed. When another slot (running or free) shares a longer prefix,
-the new sequence gets those cells by `llama_memory_seq_cp`. Every sequence has its own KV stream (as in
-llama-server), so llama.cpp copies the donor's stream into the new one, a memory copy of milliseconds
-(Gemma 3 270M: 36 MB for 2,048 cells) instead of recomputing the prefix; a shared system prompt is computed
-about once however many requests use it at the same time. Numbers of cached tokens are reported in
+the new sequence gets those cells by `llama_memory_seq_cp`: in llama.cpp's unified KV cache that only
+adds the sequence id to the cells, so one copy of a shared system prompt serves every sequence (the
+shape of SGLang's radix cache, over slots instead of a tree). Numbers of cached tokens are reported in
 `usage.prompt_tokens_details.cached_tokens`.
 """
 
