@@ -227,9 +227,10 @@ def main() -> None:
     if args.proxy:
         rows = {"1 streaming client, 64 tokens": streaming(1, 64), "16 clients, 64 tokens": streaming(16, 64)}
         proxy, peer = proxied(binary, gguf, threads)
+        proxied_figures: dict[str, list[dict[str, float]]] = {}
         with peer, proxy:
-            compare(rows, (proxy, peer), args.rounds, figures)
-        report(list(rows), figures, proxy.name, "llama-server behind agentic's openai backend vs llama-server")
+            compare(rows, (proxy, peer), args.rounds, proxied_figures)
+        report(list(rows), proxied_figures, proxy.name, "llama-server behind agentic's openai backend vs llama-server")
 
 
 if __name__ == "__main__":
