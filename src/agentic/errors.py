@@ -14,6 +14,7 @@ __all__ = [
     "InvalidOutputError",
     "InvalidRequestError",
     "MemoryBudgetError",
+    "ModelClosedError",
     "ModelFileNotFoundError",
     "ModelLoadError",
     "ModelNotAvailableError",
@@ -89,6 +90,18 @@ class ModelLoadError(AgenticError):
     """The model file exists but the backend could not load it."""
 
     code = "model_load_failed"
+
+
+class ModelClosedError(AgenticError):
+    """A model was called after it was unloaded (MODEL_KEEP_ALIVE, MODEL_MEMORY_BUDGET_MB) or its manager closed."""
+
+    status_code = 503
+    code = "model_unloaded"
+    retry_after = 1
+
+    def __init__(self, message: str = ("This model was unloaded (MODEL_KEEP_ALIVE or MODEL_MEMORY_BUDGET_MB) or "
+                                       "its manager was closed; call manager.get() again, which loads it.")) -> None:
+        super().__init__(message)
 
 
 class InvalidRequestError(AgenticError, ValueError):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from agentic.api.app import create_app
-from agentic.errors import MemoryBudgetError
+from agentic.errors import MemoryBudgetError, ModelClosedError
 from agentic.ml.memory_budget import gguf_parts
 from agentic.ml.model_manager import ModelManager
 from conftest import make_settings
@@ -59,6 +59,8 @@ def test_the_least_recently_used_idle_model_makes_room(gemma_path: Path, tmp_pat
         first = heavy(prompt="Hello", max_tokens=4, temperature=0)["choices"][0]["text"]
         light, _ = manager.get(heavy=False)  # the heavy model is idle: unloaded to make room
         assert manager.is_loaded(heavy=False) and not manager.is_loaded(heavy=True)
+        with pytest.raises(ModelClosedError, match=r"call manager\.get\(\) again"):  # a reference kept from before
+            heavy(prompt="Hello", max_tokens=4, temperature=0)
         assert light(prompt="Hello", max_tokens=4, temperature=0)["choices"][0]["text"] == first
         heavy, _ = manager.get(heavy=True)  # and it comes back on the next request, the light one leaving
         assert manager.is_loaded(heavy=True) and not manager.is_loaded(heavy=False)

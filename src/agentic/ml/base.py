@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..config import Settings, load_settings
-from ..errors import ContextLengthExceededError, InvalidRequestError
+from ..errors import ContextLengthExceededError, InvalidRequestError, ModelClosedError
 from .keep_alive import KeepAlive
 from .memory_budget import MemoryBudget
 from .schema_limits import SchemaLimits
@@ -269,6 +269,7 @@ class Model(ABC):
         self._busy = threading.Lock()
         self._activity = threading.Lock()
         self.active = 0  # generations running now (MODEL_KEEP_ALIVE never unloads a model in use)
+        self.closed = False  # retired by its manager: a call raises ModelClosedError instead of touching freed memory
         self.last_used = time.monotonic()
 
     @abstractmethod
@@ -351,8 +352,22 @@ class Model(ABC):
 
     def _use(self, change: int) -> None:
         with self._activity:
+            if change > 0 and self.closed:
+                raise ModelClosedError()
             self.active += change
             self.last_used = time.monotonic()
+
+    def retire(self) -> bool:
+        """Mark the model closed unless a generation runs on it (then False); its manager frees it next.
+
+        Atomic with the start of a generation, so a call either runs on a live model or raises
+        ModelClosedError: never on freed memory.
+        """
+        with self._activity:
+            if self.active:
+                return False
+            self.closed = True
+            return True
 
     def _serialized(self, deltas: Iterator[Delta]) -> Iterator[Delta]:
         """Run one generation at a time on this model, even for callers that skip the lock.
@@ -477,20 +492,23 @@ class BaseModelManager(ABC):
                     idle[key] = model.last_used
         return idle
 
-    def _unload(self, key: str) -> None:
-        """Close a loaded model and forget it (the loading lock is held)."""
-        model, _ = self._models.pop(key)
+    def _unload(self, key: str) -> bool:
+        """Close a loaded model and forget it, unless a generation just started on it (the loading lock is held)."""
+        model, _ = self._models[key]
+        if not model.retire():
+            return False
+        del self._models[key]
         self._budget.release(key)
         model.close()
+        return True
 
     def unload_idle(self, seconds: float) -> list[str]:
         """Unload every model not used for `seconds` and not generating now (MODEL_KEEP_ALIVE); their keys."""
         now, unloaded = time.monotonic(), []
         with self._loading:
             for key, last_used in self._idle_since().items():
-                if now - last_used >= seconds:
-                    name = self._models[key][0].name
-                    self._unload(key)
+                name = self._models[key][0].name
+                if now - last_used >= seconds and self._unload(key):
                     unloaded.append(key)
                     _log.info("unloaded %s: unused for %g s (MODEL_KEEP_ALIVE); the next request loads it again",
                               name, seconds)
@@ -525,8 +543,11 @@ class BaseModelManager(ABC):
         if self._keep_alive is not None:
             self._keep_alive.stop()
         with self._loading:
-            for key in list(self._models):
-                self._unload(key)
+            for key, (model, _) in self._models.items():
+                model.closed = True  # closing the manager ends its models, in use or not
+                model.close()
+                self._budget.release(key)
+            self._models.clear()
 
     def __enter__(self) -> BaseModelManager:
         return self

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import AgenticError, EngineFailedError, ModelLoadError
+from ..errors import AgenticError, EngineFailedError, ModelClosedError, ModelLoadError
 from .grammar_sampler import Grammar
 from .prefix_cache import Placement, PrefixCache
 
@@ -157,7 +157,7 @@ class BatchEngine:
             if self._closed:
                 if grammar is not None:
                     grammar.close()
-                raise ModelLoadError("The model was closed; create the manager again.")
+                raise ModelClosedError()
             if not self._worker.is_alive():  # it cannot die from Python errors (see _run); should it die all the
                 self._fail_all("stopped")  # same, no caller is left waiting on a dead thread
                 self._start_worker()
@@ -362,7 +362,7 @@ class BatchEngine:
             self.cache.forget()
             status = lib.llama_decode(self._ctx, batch)
         if status != 0:
-            raise ModelLoadError(f"llama_decode failed with status {status} (KV cache full?). Lower MODEL_PARALLEL "
+            raise EngineFailedError(f"llama_decode failed with status {status} (KV cache full?). Lower MODEL_PARALLEL "
                                  "or the prompt sizes.")
         with self._wake:
             for sequence, index in outputs:

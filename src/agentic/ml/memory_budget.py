@@ -104,10 +104,11 @@ class MemoryBudget:
         return sum(held.mb for held in self._held.values())
 
     def make_room(self, name: str, need_mb: float, idle: Mapping[str, float],
-                  unload: Callable[[str], None]) -> None:
+                  unload: Callable[[str], bool]) -> None:
         """Unload idle models (`idle`: key -> last used, oldest first wins) until `need_mb` fits, or refuse.
 
-        Call with the manager's loading lock held; `unload(key)` closes a model and forgets it.
+        Call with the manager's loading lock held; `unload(key)` closes a model and forgets it (False: a
+        generation started on it meanwhile, so it stays).
         """
         if need_mb > self.budget_mb:
             raise MemoryBudgetError(
@@ -119,10 +120,10 @@ class MemoryBudget:
             if self.held_mb + need_mb <= self.budget_mb:
                 break
             held = self._held.get(key)
-            unload(key)
-            _log.info("unloaded %s (%.0f MB) to make room for %s within MODEL_MEMORY_BUDGET_MB=%s; the next request "
-                      "for it loads it again", held.name if held else key, held.mb if held else 0, name,
-                      self.budget_mb)
+            if unload(key):
+                _log.info("unloaded %s (%.0f MB) to make room for %s within MODEL_MEMORY_BUDGET_MB=%s; the next "
+                          "request for it loads it again", held.name if held else key, held.mb if held else 0, name,
+                          self.budget_mb)
         if self.held_mb + need_mb > self.budget_mb:
             busy = ", ".join(f"{held.name} ({held.mb:,.0f} MB)" for held in self._held.values())
             raise MemoryBudgetError(

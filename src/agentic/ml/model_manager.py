@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings, apply_gpu_environment, setting_sources
-from ..errors import BackendNotInstalledError, InvalidRequestError, ModelFileNotFoundError, ModelLoadError
+from ..errors import (
+    BackendNotInstalledError,
+    InvalidRequestError,
+    ModelClosedError,
+    ModelFileNotFoundError,
+    ModelLoadError,
+)
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
 from .chat_templates import ChatTemplate, fallback_template
 from .default_model import EMBEDDED_LABEL, embedded_model_path
@@ -216,6 +222,8 @@ class LlamaCppModel(Model):
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes as a prompt (BOS included)."""
+        if self.closed:
+            raise ModelClosedError()
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
     def close(self) -> None:

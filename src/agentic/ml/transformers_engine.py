@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ModelLoadError
+from ..errors import ModelClosedError
 
 __all__ = ["TransformersBatcher"]
 
@@ -65,7 +65,7 @@ class TransformersBatcher:
         row = _Row(list(prompt), limit, temperature, top_p, seed, constraint)
         with self._wake:
             if self._closed:  # no worker would ever answer: refuse rather than wait forever
-                raise ModelLoadError("The model was closed; create the manager again.")
+                raise ModelClosedError()
             self._waiting.append(row)
             self._wake.notify()
         return self._read(row)
