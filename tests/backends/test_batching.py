@@ -124,7 +124,7 @@ def test_stop_sequence_ends_the_engine_sequence(model: LlamaCppModel) -> None:
 
 
 def test_engine_close_is_idempotent_and_refuses_new_work(gemma_path: Path) -> None:
-    from agentic.errors import ModelLoadError
+    from agentic.errors import ModelClosedError
 
     manager = ModelManager(make_settings(model_7b_path=gemma_path, model_parallel=2, model_context_size=256))
     model, _ = manager.get(heavy=True)
@@ -132,5 +132,5 @@ def test_engine_close_is_idempotent_and_refuses_new_work(gemma_path: Path) -> No
     engine = model.engine
     engine.close()
     engine.close()
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ModelClosedError, match=r"manager\.get\(\) again"):
         engine.generate([1, 2, 3], 4, SamplingSpec(0.0, 1.0))
