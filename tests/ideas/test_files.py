@@ -117,7 +117,7 @@ class _NoModel(BaseModelManager):
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:
         return "none", "none"
 
-    def _resolve(self, heavy: bool) -> ModelSpec:
+    def _resolve(self, tier: str) -> ModelSpec:
         return ModelSpec("none", "none", "test")
 
     def _load(self, spec: ModelSpec) -> Model:

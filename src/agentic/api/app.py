@@ -39,10 +39,11 @@ from ..logs import configure_logging
 from ..ml.base import BaseModelManager, Model
 from ..ml.model_factory import create_model_manager
 from ..ml.shapes import answered_by
+from ..ml.tiers import TIERS, Tier
 from .runtime import ModelGate, iterate_in_thread
 from .schemas import ChatCompletionRequest, CompletionRequest, IdeaRequest
 from .security import RequestGuard, check_bearer, check_bind_address, guarded_protocol, route_keys
-from .state import TIERS, Server, ServerState, workers
+from .state import Server, ServerState, workers
 
 __all__ = ["Server", "ServerState", "create_app", "main", "serve"]
 
@@ -256,7 +257,7 @@ async def _analyze_idea(state: ServerState, body: IdeaRequest) -> JSONResponse:
     idea_text = idea_prompt(body.title, body.description)
     started, request_id = time.perf_counter(), uuid.uuid4().hex[:12]
 
-    async def on_tier(tier: str, system: str, text: str, schema: type[Triage] | type[Analysis]) -> Any:
+    async def on_tier(tier: Tier, system: str, text: str, schema: type[Triage] | type[Analysis]) -> Any:
         gate, labels = state.gates[tier], state.labels(tier)
         await gate.acquire()
         try:
@@ -320,8 +321,9 @@ def _add_routes(app: FastAPI, server: Server) -> None:
     @app.get("/v1/models", summary="The tiers and their real model names")
     async def models() -> dict[str, Any]:
         state = server.current
-        specs, loaded = state.manager.specs, {tier: state.manager.is_loaded(tier == "heavy") for tier in TIERS}
-        ids = {**{tier: loaded[tier] for tier in TIERS}, **{specs[tier].name: loaded[tier] for tier in TIERS}}
+        specs, loaded = state.manager.specs, {tier: state.manager.tier_loaded(tier) for tier in TIERS}
+        ids: dict[str, bool] = {tier: loaded[tier] for tier in TIERS}
+        ids.update({specs[tier].name: loaded[tier] for tier in TIERS})
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "loaded": is_loaded,
                                             "owned_by": f"agentic-{state.manager.backend}"}
                                            for model_id, is_loaded in ids.items()]}
@@ -331,7 +333,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         state = server.current
         return {"backend": state.manager.backend,
                 "tiers": {tier: {"model": state.manager.specs[tier].name, "origin": state.manager.specs[tier].origin,
-                                 "loaded": state.manager.is_loaded(tier == "heavy")} for tier in TIERS},
+                                 "loaded": state.manager.tier_loaded(tier)} for tier in TIERS},
                 "settings": {name: {"value": shown, "source": source}
                              for name, shown, source in effective_values(state.settings)}}
 
@@ -352,7 +354,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
     @app.get("/ready", summary="Models loaded (with MODEL_PRELOAD) and backend reachable; details with a key")
     async def ready(request: Request) -> JSONResponse:
         state = server.current
-        loaded = {tier: state.manager.is_loaded(tier == "heavy") for tier in TIERS}
+        loaded = {tier: state.manager.tier_loaded(tier) for tier in TIERS}
         problem = await state.readiness.problem()
         settings = state.settings
         if problem is None and settings.model_preload and not settings.model_keep_alive and not all(loaded.values()):

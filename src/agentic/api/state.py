@@ -12,14 +12,14 @@ from ..config import Settings, load_settings
 from ..errors import AgenticError, ModelNotFoundError
 from ..ml.base import BaseModelManager, Model
 from ..ml.model_factory import create_model_manager
+from ..ml.tiers import TIERS, Tier
 from .metrics import Metrics
 from .runtime import ModelGate
 from .security import check_bind_address
 
-__all__ = ["TIERS", "Readiness", "Server", "ServerState", "workers"]
+__all__ = ["Readiness", "Server", "ServerState", "workers"]
 
 _log = logging.getLogger("agentic.api")
-TIERS = ("heavy", "light")
 READY_TTL = 2.0  # seconds a readiness answer is reused
 
 
@@ -80,16 +80,17 @@ class ServerState:
         for tier in TIERS:
             spec = manager.specs[tier]
             gates.setdefault(spec.key, ModelGate(spec.name, capacity, settings.api_max_queue))
-        self.gates = {tier: gates[manager.specs[tier].key] for tier in TIERS}
+        self.gates: dict[Tier, ModelGate] = {tier: gates[manager.specs[tier].key] for tier in TIERS}
         listeners = getattr(manager, "listeners", None)
         if listeners is not None:  # a FallbackManager: count each failover
             listeners.append(lambda tier, failed, served, code: metrics.fallbacks.labels(
                 tier=tier, from_backend=failed, to_backend=served, reason=code).inc())
 
-    def tier_of(self, model_id: str) -> str:
+    def tier_of(self, model_id: str) -> Tier:
         """`heavy`, `light`, or a tier's real model name; anything else is a 404, never another model."""
-        if model_id in TIERS:
-            return model_id
+        for tier in TIERS:
+            if model_id == tier:
+                return tier
         for tier in TIERS:
             if self.manager.specs[tier].name == model_id:
                 return tier
@@ -97,12 +98,12 @@ class ServerState:
         raise ModelNotFoundError(f"The model {model_id!r} does not exist here. Use one of: {', '.join(names)} "
                                  "(GET /v1/models lists them).")
 
-    async def model(self, tier: str) -> Model:
+    async def model(self, tier: Tier) -> Model:
         """The tier's model, loaded in a worker thread on first use."""
-        model, _ = await asyncio.to_thread(self.manager.get, tier == "heavy")
+        model, _ = await asyncio.to_thread(self.manager.for_tier, tier)
         return model
 
-    def labels(self, tier: str) -> dict[str, str]:
+    def labels(self, tier: Tier) -> dict[str, str]:
         return {"tier": tier, "backend": self.manager.backend}
 
     def enter(self) -> ServerState:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import AgenticError, InvalidOutputError, InvalidRequestError
 from ..ml.base import BaseModelManager, Model
 from ..ml.shapes import answered_by
+from ..ml.tiers import Tier
 from .schemas import Analysis, Idea, IdeaResult, Triage, response_format
 
 __all__ = ["ANALYSIS_SYSTEM", "TRIAGE_SYSTEM", "CallRecord", "IdeaAnalyzer", "analysis_prompt", "idea_prompt"]
@@ -94,10 +95,10 @@ class IdeaAnalyzer:
         result.seconds = round(time.perf_counter() - started, 3)
         return result
 
-    def structured(self, idea_id: str, tier: str, system: str, user: str, schema: type[S],
+    def structured(self, idea_id: str, tier: Tier, system: str, user: str, schema: type[S],
                    calls: list[CallRecord] | None = None) -> S:
         """The tier's answer as a validated `schema`, retrying invalid output `retries` times."""
-        model, lock = self.manager.get(heavy=tier == "heavy")
+        model, lock = self.manager.for_tier(tier)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         problem = ""
         for attempt in range(1, self.retries + 2):
@@ -135,7 +136,7 @@ class IdeaAnalyzer:
         raise InvalidOutputError(f"The {tier} model ({model.name}) gave no valid {schema.__name__} in "
                                  f"{self.retries + 1} attempts; last problem: {problem}")
 
-    def _record(self, idea_id: str, tier: str, model: Model, answer: Any, attempt: int, started: float,
+    def _record(self, idea_id: str, tier: Tier, model: Model, answer: Any, attempt: int, started: float,
                 error: str | None, calls: list[CallRecord] | None) -> None:
         """Log one call under the backend and model that answered it (a fallback's, when one did)."""
         answer = answer if isinstance(answer, dict) else {}

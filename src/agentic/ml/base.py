@@ -24,6 +24,7 @@ from .keep_alive import KeepAlive
 from .memory_budget import MemoryBudget
 from .schema_limits import SchemaLimits
 from .shapes import ResultShape
+from .tiers import TIERS, Tier, tier_of
 
 __all__ = [
     "BaseModelManager",
@@ -441,7 +442,7 @@ class BaseModelManager(ABC):
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else load_settings()
-        self.specs = {"heavy": self._resolve(heavy=True), "light": self._resolve(heavy=False)}
+        self.specs: dict[Tier, ModelSpec] = {tier: self._resolve(tier) for tier in TIERS}
         self._models: dict[str, tuple[Model, AbstractContextManager[Any]]] = {}
         self._loading = threading.Lock()
         self._budget = MemoryBudget(self.settings.model_memory_budget_mb)
@@ -456,7 +457,7 @@ class BaseModelManager(ABC):
         """What the heavy and light tiers use, for `agentic config`; loads and assembles nothing."""
 
     @abstractmethod
-    def _resolve(self, heavy: bool) -> ModelSpec:
+    def _resolve(self, tier: Tier) -> ModelSpec:
         """Which model a tier uses; raise the guide's error when it cannot exist."""
 
     @abstractmethod
@@ -464,8 +465,12 @@ class BaseModelManager(ABC):
         """Load the model `spec` names."""
 
     def get(self, heavy: bool = True) -> tuple[Model, AbstractContextManager[Any]]:
+        """The guide's call: the heavy (or light) tier's model and the lock to hold while calling it."""
+        return self.for_tier(tier_of(heavy))
+
+    def for_tier(self, tier: Tier) -> tuple[Model, AbstractContextManager[Any]]:
         """The tier's model and the lock to hold while calling it, loading it on first use."""
-        spec = self.specs["heavy" if heavy else "light"]
+        spec = self.specs[tier]
         with self._loading:
             if spec.key not in self._models:
                 need = self.footprint_mb(spec) if self._budget.enabled else None
@@ -516,8 +521,8 @@ class BaseModelManager(ABC):
 
     def load_all(self) -> None:
         """Load both tiers now (MODEL_PRELOAD=true does this at creation)."""
-        self.get(heavy=True)
-        self.get(heavy=False)
+        for tier in TIERS:
+            self.for_tier(tier)
 
     def capacity(self) -> int:
         """Requests one loaded model serves at once (the server queues the rest): MODEL_PARALLEL locally."""
@@ -529,14 +534,18 @@ class BaseModelManager(ABC):
                 if spec.key in self._models and not self._models[spec.key][0].alive]
         return f"the {' and '.join(down)} model's worker is down" if down else None
 
-    def restarts(self, tier: str) -> int:
+    def restarts(self, tier: Tier) -> int:
         """Times the tier's loaded model restarted its worker (0 when not loaded)."""
         loaded = self._models.get(self.specs[tier].key)
         return loaded[0].restarts if loaded else 0
 
     def is_loaded(self, heavy: bool = True) -> bool:
+        """Whether the heavy (or light) tier's model is in memory."""
+        return self.tier_loaded(tier_of(heavy))
+
+    def tier_loaded(self, tier: Tier) -> bool:
         """Whether the tier's model is in memory."""
-        return self.specs["heavy" if heavy else "light"].key in self._models
+        return self.specs[tier].key in self._models
 
     def close(self) -> None:
         """Free every loaded model."""

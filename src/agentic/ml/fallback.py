@@ -25,6 +25,7 @@ from ..errors import (
     UpstreamError,
 )
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec
+from .tiers import Tier
 
 __all__ = ["FAILOVER_ERRORS", "FallbackManager", "FallbackModel"]
 
@@ -41,13 +42,12 @@ class FallbackModel(Model):
     concurrent = True  # each backend's own model serializes or batches its calls
     streams_usage = False  # the answering backend may be a remote one
 
-    def __init__(self, owner: FallbackManager, heavy: bool) -> None:
+    def __init__(self, owner: FallbackManager, tier: Tier) -> None:
         manager = owner.first_configured()
-        tier = "heavy" if heavy else "light"
         super().__init__(manager.specs[tier].name, 0)  # 0: each backend checks its own context
         self.backend = owner.backend  # type: ignore[misc]  # the primary's name; answers carry the real one
         self.parallel = manager.capacity()
-        self.owner, self.heavy, self.tier = owner, heavy, tier
+        self.owner, self.tier = owner, tier
 
     def _complete(self, prompt: str, params: GenerationParams) -> Iterator[Delta]:
         return self._serve(lambda model: model._complete(prompt, params))
@@ -62,7 +62,7 @@ class FallbackModel(Model):
                 failed.append((backend, manager))
                 continue
             try:
-                model, _ = manager.get(heavy=self.heavy)
+                model, _ = manager.for_tier(self.tier)
                 deltas = model._serialized(call(model))  # runs to the first delta: errors surface here
             except FAILOVER_ERRORS as exc:
                 _log.warning("%s tier on %s failed (%s): %s", self.tier, backend, exc.code or exc.error_type,
@@ -98,7 +98,7 @@ class FallbackManager(BaseModelManager):
         self.chain = chain
         self.backend = chain[0][0]  # type: ignore[misc]  # metrics and /v1/backend name the primary
         self.listeners: list[FallbackListener] = []
-        self._tiers: dict[str, tuple[Model, AbstractContextManager[Any]]] = {}
+        self._tiers: dict[Tier, tuple[Model, AbstractContextManager[Any]]] = {}
         super().__init__(settings)
 
     @classmethod
@@ -133,18 +133,17 @@ class FallbackManager(BaseModelManager):
     def managers(self) -> list[BaseModelManager]:
         return [manager for _, manager in self.chain if isinstance(manager, BaseModelManager)]
 
-    def _resolve(self, heavy: bool) -> ModelSpec:
-        return self.first_configured().specs["heavy" if heavy else "light"]
+    def _resolve(self, tier: Tier) -> ModelSpec:
+        return self.first_configured().specs[tier]
 
-    def _load(self, spec: ModelSpec) -> Model:  # pragma: no cover - get() is overridden
+    def _load(self, spec: ModelSpec) -> Model:  # pragma: no cover - for_tier() is overridden
         raise NotImplementedError
 
-    def get(self, heavy: bool = True) -> tuple[Model, AbstractContextManager[Any]]:
+    def for_tier(self, tier: Tier) -> tuple[Model, AbstractContextManager[Any]]:
         """The tier's fallback model (one per tier: the chain's tiers may resolve differently)."""
-        tier = "heavy" if heavy else "light"
         with self._loading:
             if tier not in self._tiers:
-                model = FallbackModel(self, heavy)
+                model = FallbackModel(self, tier)
                 self._tiers[tier] = (model, model.new_lock())
             return self._tiers[tier]
 
@@ -156,8 +155,8 @@ class FallbackManager(BaseModelManager):
             except FAILOVER_ERRORS as exc:
                 _log.warning("MODEL_PRELOAD: %s could not load (%s)", manager.backend, exc.message.splitlines()[0])
 
-    def is_loaded(self, heavy: bool = True) -> bool:
-        return self.first_configured().is_loaded(heavy)
+    def tier_loaded(self, tier: Tier) -> bool:
+        return self.first_configured().tier_loaded(tier)
 
     def capacity(self) -> int:
         return self.first_configured().capacity()
@@ -172,7 +171,7 @@ class FallbackManager(BaseModelManager):
             problems.append(f"{backend}: {problem}")
         return "; ".join(problems)
 
-    def notify(self, tier: str, failed: str, served: str, code: str) -> None:
+    def notify(self, tier: Tier, failed: str, served: str, code: str) -> None:
         for listener in self.listeners:
             listener(tier, failed, served, code)
 

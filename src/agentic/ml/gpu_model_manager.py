@@ -20,6 +20,7 @@ from .base import BaseModelManager, Delta, GenerationParams, Message, Model, Mod
 from .chat_templates import ChatTemplate, fallback_template
 from .default_model import EMBEDDED_LABEL, cache_dir_error, embedded_model_path
 from .structured import JsonConstraint, JsonGrammars
+from .tiers import Tier
 from .transformers_engine import TransformersBatcher
 
 __all__ = ["GPUModelManager", "TransformersModel"]
@@ -189,8 +190,8 @@ class GPUModelManager(BaseModelManager):
         """The configured models, or the embedded model where none is set."""
         return settings.gpu_heavy_model or EMBEDDED_LABEL, settings.gpu_light_model or EMBEDDED_LABEL
 
-    def _resolve(self, heavy: bool) -> ModelSpec:
-        field = "gpu_heavy_model" if heavy else "gpu_light_model"
+    def _resolve(self, tier: Tier) -> ModelSpec:
+        field = f"gpu_{tier}_model"
         reference = getattr(self.settings, field)
         if reference is None:
             path = embedded_model_path(self.settings.model_cache_dir)

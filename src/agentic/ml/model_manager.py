@@ -27,6 +27,7 @@ from .chat_templates import ChatTemplate, fallback_template
 from .default_model import EMBEDDED_LABEL, embedded_model_path
 from .llama_engine import BatchEngine, SamplingSpec
 from .memory_budget import gguf_footprint_mb
+from .tiers import Tier
 
 __all__ = ["LlamaCppModel", "ModelManager", "resolve_gguf_path"]
 
@@ -248,8 +249,8 @@ class ModelManager(BaseModelManager):
             labels.append(EMBEDDED_LABEL if sources[field] == "default" and not path.is_file() else str(path))
         return labels[0], labels[1]
 
-    def _resolve(self, heavy: bool) -> ModelSpec:
-        return resolve_gguf_path(self.settings, "model_7b_path" if heavy else "model_1b_path")
+    def _resolve(self, tier: Tier) -> ModelSpec:
+        return resolve_gguf_path(self.settings, "model_7b_path" if tier == "heavy" else "model_1b_path")
 
     def footprint_mb(self, spec: ModelSpec) -> float:
         """Weights + the KV cache of MODEL_PARALLEL x MODEL_CONTEXT_SIZE tokens (+ a tenth), from the GGUF header."""

@@ -27,6 +27,7 @@ from ..errors import (
 from ..logs import without_credentials
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec
 from .endpoints import Endpoint, EndpointPool
+from .tiers import Tier
 
 __all__ = ["OpenAIChatModel", "OpenAIModelManager"]
 
@@ -237,9 +238,9 @@ class OpenAIModelManager(BaseModelManager):
         ])
         super().__init__(settings)
 
-    def _resolve(self, heavy: bool) -> ModelSpec:
-        name = self.settings.openai_heavy_model if heavy else self.settings.openai_light_model
-        return ModelSpec(name, name, "OPENAI_HEAVY_MODEL" if heavy else "OPENAI_LIGHT_MODEL")
+    def _resolve(self, tier: Tier) -> ModelSpec:
+        name = self.settings.openai_heavy_model if tier == "heavy" else self.settings.openai_light_model
+        return ModelSpec(name, name, f"OPENAI_{tier.upper()}_MODEL")
 
     def _load(self, spec: ModelSpec) -> Model:
         return OpenAIChatModel(self.pool, spec.name, self.settings)
