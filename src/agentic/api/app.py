@@ -21,26 +21,25 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import Settings, effective_values, load_settings
-from ..errors import AgenticError, ClientAuthenticationError, EngineFailedError, InvalidRequestError, ReloadRefusedError
+from ..errors import AgenticError, ClientAuthenticationError, InvalidRequestError, ReloadRefusedError
 from ..ideas.analyzer import ANALYSIS_SYSTEM, TRIAGE_SYSTEM, CallRecord, IdeaAnalyzer, analysis_prompt, idea_prompt
 from ..ideas.schemas import Analysis, Triage
 from ..logs import configure_logging
 from ..ml.base import BaseModelManager, Model
 from ..ml.model_factory import create_model_manager
-from ..ml.shapes import answered_by
 from ..ml.tiers import TIERS, Tier
-from .runtime import ModelGate, iterate_in_thread
+from .pipeline import answer, record
 from .schemas import ChatCompletionRequest, CompletionRequest, IdeaRequest
 from .security import RequestGuard, check_bearer, check_bind_address, guarded_protocol, route_keys
 from .state import Server, ServerState, workers
@@ -48,138 +47,7 @@ from .state import Server, ServerState, workers
 __all__ = ["Server", "ServerState", "create_app", "main", "serve"]
 
 _log = logging.getLogger("agentic.api")
-ModelCall = Callable[[Model, bool], Any]
 SHUTDOWN_GRACE_S = 30  # on SIGTERM, streams still running after this long are cut (uvicorn waits forever)
-
-
-def _check_max_tokens(model: Model, max_tokens: int | None) -> None:
-    if max_tokens is not None and model.context_size and max_tokens > model.context_size:
-        raise InvalidRequestError(
-            f"max_tokens={max_tokens} is larger than the model's context window of {model.context_size} tokens. "
-            "Lower max_tokens (or raise MODEL_CONTEXT_SIZE).", param="max_tokens")
-
-
-def _sse(payload: dict[str, Any] | str) -> str:
-    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
-
-
-async def _answer(state: ServerState, endpoint: str, model_id: str, max_tokens: int | None, stream: bool,
-                  include_usage: bool, call: ModelCall, prompt_text: str, request: Request) -> Response:
-    """Run one request on its tier: queue, thread, metrics, the request log line."""
-    tier = state.tier_of(model_id)
-    gate, labels = state.gates[tier], state.labels(tier)
-    started, request_id = time.perf_counter(), uuid.uuid4().hex[:12]
-    if state.settings.api_log_prompts:
-        _log.info("request id=%s prompt=%r", request_id, prompt_text)
-    streaming, acquired, chunks = False, False, None
-    state.enter()
-    try:
-        await gate.acquire()
-        acquired = True
-        model = await state.model(tier)
-        _check_max_tokens(model, max_tokens)
-        if not stream:
-            if model.streams_usage:  # generated as a stream, so a client that hangs up stops it within a token
-                chunks = iterate_in_thread(lambda: call(model, True))
-                result = await _gather(chunks, request)
-            else:
-                result = await asyncio.to_thread(call, model, False)
-            usage = result.get("usage") if result is not None else None
-            _record(state, labels, endpoint, 200 if result is not None else 499, usage, started, request_id, started)
-            if result is None:
-                return Response(status_code=499)
-            return JSONResponse(result, headers={"x-request-id": request_id, **_served_by(result)})
-        chunks = iterate_in_thread(lambda: call(model, True))
-        first = await chunks.__anext__()  # a bad prompt fails here, as a proper HTTP error
-        streaming = True
-    except AgenticError as exc:
-        _record(state, labels, endpoint, exc.status_code, None, started, request_id, started, exc)
-        raise
-    finally:
-        if acquired and not streaming:
-            gate.release()
-        if not streaming:
-            state.leave()
-        if chunks is not None and not streaming:  # answered, failed or cancelled: stop the worker
-            asyncio.ensure_future(chunks.aclose())  # type: ignore[attr-defined]
-    return StreamingResponse(_stream_events(state, endpoint, labels, first, chunks, gate, include_usage, started,
-                                            request_id), media_type="text/event-stream",
-                             headers={"x-request-id": request_id, "cache-control": "no-cache", **_served_by(first)})
-
-
-async def _gather(chunks: AsyncIterator[dict[str, Any]], request: Request) -> dict[str, Any] | None:
-    """One completion / chat.completion dict from a stream's chunks; None when the client hung up first."""
-    head: dict[str, Any] = {}
-    text, finish, usage, chat = [], None, None, False
-    async for chunk in chunks:
-        head = head or chunk
-        choice = chunk["choices"][0]
-        chat = "delta" in choice
-        text.append((choice["delta"].get("content") if chat else choice.get("text")) or "")
-        finish, usage = choice["finish_reason"] or finish, chunk.get("usage") or usage
-        if finish is None and await request.is_disconnected():
-            return None
-    answer: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
-    answer.update({"message": {"role": "assistant", "content": "".join(text)}} if chat else {"text": "".join(text)})
-    return {**head, "object": "chat.completion" if chat else "text_completion", "choices": [answer], "usage": usage}
-
-
-def _served_by(result: dict[str, Any]) -> dict[str, str]:
-    """The x-agentic-backend header: the backend that answered (a fallback's, when one did)."""
-    backend = answered_by(result)
-    return {"x-agentic-backend": backend} if backend else {}
-
-
-async def _stream_events(state: ServerState, endpoint: str, labels: dict[str, str], first: dict[str, Any],
-                         chunks: AsyncIterator[dict[str, Any]], gate: ModelGate, include_usage: bool, started: float,
-                         request_id: str) -> AsyncIterator[str]:
-    """SSE: the chunks, a usage chunk when asked, `[DONE]`; an error mid-stream becomes an error event."""
-    first_token_at, usage, status, error = time.perf_counter(), None, 200, None
-    try:
-        chunk: dict[str, Any] | None = first
-        while chunk is not None:
-            usage = chunk.pop("usage", usage)
-            yield _sse(chunk)
-            chunk = await chunks.__anext__() if chunk["choices"][0]["finish_reason"] is None else None
-        if include_usage:
-            yield _sse({**{k: first[k] for k in ("id", "object", "created", "model")}, "choices": [], "usage": usage})
-        yield _sse("[DONE]")
-    except AgenticError as exc:
-        status, error = exc.status_code, exc
-        yield _sse(exc.to_openai())
-    except Exception as exc:  # noqa: BLE001 - a bug must end the stream with an error event, not a cut connection
-        _log.exception("request id=%s failed mid-stream", request_id)
-        error = EngineFailedError(f"Internal error while generating ({type(exc).__name__}); see the server log.")
-        status = error.status_code
-        yield _sse(error.to_openai())
-    except (asyncio.CancelledError, GeneratorExit):
-        status = 499  # the client went away: its generation was stopped and its slot freed
-        raise
-    finally:
-        # Synchronous bookkeeping first: when the client hangs up, Starlette cancels this task and an
-        # await here would be interrupted, leaking the slot. The worker stops within one token.
-        gate.release()
-        state.leave()
-        _record(state, labels, endpoint, status, usage, started, request_id, first_token_at, error)
-        await chunks.aclose()  # type: ignore[attr-defined]
-
-
-def _record(state: ServerState, labels: dict[str, str], endpoint: str, status: int, usage: dict[str, Any] | None,
-            started: float, request_id: str, first_token_at: float, error: AgenticError | None = None) -> None:
-    """Metrics and the log line of one finished request (`error`: what ended it, counted by its code)."""
-    metrics, elapsed = state.metrics, time.perf_counter() - started
-    if error is not None:
-        metrics.errors.labels(**labels, code=error.code or error.error_type).inc()
-    metrics.requests.labels(**labels, endpoint=endpoint, status=str(status)).inc()
-    metrics.latency.labels(**labels).observe(elapsed)
-    metrics.time_to_first_token.labels(**labels).observe(first_token_at - started)
-    usage = usage or {}
-    metrics.prompt_tokens.labels(**labels).inc(usage.get("prompt_tokens", 0))
-    metrics.cached_tokens.labels(**labels).inc((usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
-    metrics.completion_tokens.labels(**labels).inc(usage.get("completion_tokens", 0))
-    _log.info("request id=%s endpoint=%s tier=%s backend=%s status=%s prompt_tokens=%s completion_tokens=%s "
-              "latency_ms=%.0f", request_id, endpoint, labels["tier"], labels["backend"], status,
-              usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), elapsed * 1000)
 
 
 def _error_response(exc: AgenticError) -> JSONResponse:
@@ -246,7 +114,8 @@ def create_app(settings: Settings | None = None, manager: BaseModelManager | Non
     app.add_middleware(RequestGuard, keys_for=lambda path: route_keys(server.current.settings, path),
                        limit=settings.api_max_body_bytes, body_timeout=settings.api_body_timeout)
     _install_error_handlers(app)
-    _add_routes(app, server)
+    for router in (inference, ideas, info, admin):
+        app.include_router(router)
     return app
 
 
@@ -264,7 +133,7 @@ async def _analyze_idea(state: ServerState, body: IdeaRequest) -> JSONResponse:
             await state.model(tier)
             return await asyncio.to_thread(analyzer.structured, request_id, tier, system, text, schema, calls)
         except AgenticError as exc:
-            _record(state, labels, "ideas", exc.status_code, None, started, request_id, started, exc)
+            record(state, labels, "ideas", exc.status_code, None, started, request_id, started, exc)
             raise
         finally:
             gate.release()
@@ -274,106 +143,126 @@ async def _analyze_idea(state: ServerState, body: IdeaRequest) -> JSONResponse:
     usage = {"prompt_tokens": sum(c.prompt_tokens for c in calls),
              "completion_tokens": sum(c.completion_tokens for c in calls)}
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    _record(state, state.labels("heavy"), "ideas", 200, usage, started, request_id, started)
+    record(state, state.labels("heavy"), "ideas", 200, usage, started, request_id, started)
     return JSONResponse({"id": f"idea-{request_id}", "object": "idea.analysis", "backend": state.manager.backend,
                          "models": {tier: state.manager.specs[tier].name for tier in TIERS},
                          "triage": triage.model_dump(), "analysis": analysis.model_dump(),
                          "attempts": len(calls), "usage": usage}, headers={"x-request-id": request_id})
 
 
-def _add_routes(app: FastAPI, server: Server) -> None:
-    """The routes; keys were checked by RequestGuard before any of them runs (/v1: API_KEYS, /admin: API_ADMIN_KEYS)."""
-    @app.post("/v1/chat/completions", summary="Chat completion (stream or not)")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        messages = [message.plain() for message in body.messages]
-        options = {**body.sampling(), "max_tokens": body.max_completion_tokens or body.max_tokens,
-                   "response_format": body.response_format}
+def _server(request: Request) -> Server:
+    """The server a route runs in (its current configuration is `.current`)."""
+    server: Server = request.app.state.agentic
+    return server
 
-        def call(model: Model, stream: bool) -> Any:
-            return model.create_chat_completion(messages=messages, stream=stream, **options)
 
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _answer(server.current, "chat", body.model, options["max_tokens"], body.stream, include_usage,
-                             call, json.dumps(messages, ensure_ascii=False), request)
+# Routes by concern; keys were checked by RequestGuard before any of them runs (/v1: API_KEYS, /admin:
+# API_ADMIN_KEYS). Each reads the configuration current when it starts (`_server(request).current`).
+inference = APIRouter()
+ideas = APIRouter()
+info = APIRouter()
+admin = APIRouter()
 
-    @app.post("/v1/completions", summary="Text completion (stream or not)")
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if len(prompts) != 1 or body.echo:
-            raise InvalidRequestError("Only one prompt per request and echo=false are supported.", param="prompt")
-        options = body.sampling()
 
-        def call(model: Model, stream: bool) -> Any:
-            return model.create_completion(prompts[0], stream=stream, **options)
+@inference.post("/v1/chat/completions", summary="Chat completion (stream or not)")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    messages = [message.plain() for message in body.messages]
+    options = {**body.sampling(), "max_tokens": body.max_completion_tokens or body.max_tokens,
+               "response_format": body.response_format}
 
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _answer(server.current, "completions", body.model, body.max_tokens, body.stream, include_usage,
-                             call, prompts[0], request)
+    def call(model: Model, stream: bool) -> Any:
+        return model.create_chat_completion(messages=messages, stream=stream, **options)
 
-    @app.post("/v1/ideas/analyze", summary="One business idea: light triage, heavy analysis")
-    async def analyze_idea(body: IdeaRequest) -> JSONResponse:
-        state = server.current.enter()
-        try:
-            return await _analyze_idea(state, body)
-        finally:
-            state.leave()
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await answer(_server(request).current, "chat", body.model, options["max_tokens"], body.stream,
+                         include_usage, call, json.dumps(messages, ensure_ascii=False), request)
 
-    @app.get("/v1/models", summary="The tiers and their real model names")
-    async def models() -> dict[str, Any]:
-        state = server.current
-        specs, loaded = state.manager.specs, {tier: state.manager.tier_loaded(tier) for tier in TIERS}
-        ids: dict[str, bool] = {tier: loaded[tier] for tier in TIERS}
-        ids.update({specs[tier].name: loaded[tier] for tier in TIERS})
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "loaded": is_loaded,
-                                            "owned_by": f"agentic-{state.manager.backend}"}
-                                           for model_id, is_loaded in ids.items()]}
 
-    @app.get("/v1/backend", summary="The effective configuration (secrets as SET/NOT SET)")
-    async def backend() -> dict[str, Any]:
-        state = server.current
-        return {"backend": state.manager.backend,
-                "tiers": {tier: {"model": state.manager.specs[tier].name, "origin": state.manager.specs[tier].origin,
-                                 "loaded": state.manager.tier_loaded(tier)} for tier in TIERS},
-                "settings": {name: {"value": shown, "source": source}
-                             for name, shown, source in effective_values(state.settings)}}
+@inference.post("/v1/completions", summary="Text completion (stream or not)")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if len(prompts) != 1 or body.echo:
+        raise InvalidRequestError("Only one prompt per request and echo=false are supported.", param="prompt")
+    options = body.sampling()
 
-    @app.post("/admin/reload", summary="Re-read .env and switch backend or models without a restart")
-    async def reload() -> dict[str, Any]:
-        try:
-            state = await server.reload()
-        except AgenticError as exc:
-            raise ReloadRefusedError(f"Reload refused, the previous configuration keeps serving: {exc.message}",
-                                     param=exc.param) from None
-        return {"status": "reloaded", "backend": state.manager.backend,
-                "tiers": {tier: state.manager.specs[tier].name for tier in TIERS}}
+    def call(model: Model, stream: bool) -> Any:
+        return model.create_completion(prompts[0], stream=stream, **options)
 
-    @app.get("/health", summary="Liveness")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await answer(_server(request).current, "completions", body.model, body.max_tokens, body.stream,
+                         include_usage, call, prompts[0], request)
 
-    @app.get("/ready", summary="Models loaded (with MODEL_PRELOAD) and backend reachable; details with a key")
-    async def ready(request: Request) -> JSONResponse:
-        state = server.current
-        loaded = {tier: state.manager.tier_loaded(tier) for tier in TIERS}
-        problem = await state.readiness.problem()
-        settings = state.settings
-        if problem is None and settings.model_preload and not settings.model_keep_alive and not all(loaded.values()):
-            problem = "models are still loading"  # (with MODEL_KEEP_ALIVE an unloaded model is idle, not loading)
-        body: dict[str, Any] = {"status": "ready" if problem is None else "not_ready"}
-        try:  # the details (what is loaded, what is wrong upstream) only for a caller with a key
-            check_bearer(request.headers.get("authorization"), state.keys)
-            body.update(loaded=loaded, problem=problem)
-        except ClientAuthenticationError:
-            pass
-        return JSONResponse(body, status_code=200 if problem is None else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics() -> Response:
-        state = server.current
-        for tier, gate in state.gates.items():
-            state.metrics.queue_depth.labels(**state.labels(tier)).set(gate.waiting)
-            state.metrics.in_flight.labels(**state.labels(tier)).set(gate.running)
-        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+@ideas.post("/v1/ideas/analyze", summary="One business idea: light triage, heavy analysis")
+async def analyze_idea(body: IdeaRequest, request: Request) -> JSONResponse:
+    state = _server(request).current.enter()
+    try:
+        return await _analyze_idea(state, body)
+    finally:
+        state.leave()
+
+
+@info.get("/v1/models", summary="The tiers and their real model names")
+async def models(request: Request) -> dict[str, Any]:
+    state = _server(request).current
+    specs, loaded = state.manager.specs, {tier: state.manager.tier_loaded(tier) for tier in TIERS}
+    ids: dict[str, bool] = {tier: loaded[tier] for tier in TIERS}
+    ids.update({specs[tier].name: loaded[tier] for tier in TIERS})
+    return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "loaded": is_loaded,
+                                        "owned_by": f"agentic-{state.manager.backend}"}
+                                       for model_id, is_loaded in ids.items()]}
+
+
+@info.get("/v1/backend", summary="The effective configuration (secrets as SET/NOT SET)")
+async def backend(request: Request) -> dict[str, Any]:
+    state = _server(request).current
+    return {"backend": state.manager.backend,
+            "tiers": {tier: {"model": state.manager.specs[tier].name, "origin": state.manager.specs[tier].origin,
+                             "loaded": state.manager.tier_loaded(tier)} for tier in TIERS},
+            "settings": {name: {"value": shown, "source": source}
+                         for name, shown, source in effective_values(state.settings)}}
+
+
+@admin.post("/admin/reload", summary="Re-read .env and switch backend or models without a restart")
+async def reload(request: Request) -> dict[str, Any]:
+    try:
+        state = await _server(request).reload()
+    except AgenticError as exc:
+        raise ReloadRefusedError(f"Reload refused, the previous configuration keeps serving: {exc.message}",
+                                 param=exc.param) from None
+    return {"status": "reloaded", "backend": state.manager.backend,
+            "tiers": {tier: state.manager.specs[tier].name for tier in TIERS}}
+
+
+@info.get("/health", summary="Liveness")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@info.get("/ready", summary="Models loaded (with MODEL_PRELOAD) and backend reachable; details with a key")
+async def ready(request: Request) -> JSONResponse:
+    state = _server(request).current
+    loaded = {tier: state.manager.tier_loaded(tier) for tier in TIERS}
+    problem = await state.readiness.problem()
+    settings = state.settings
+    if problem is None and settings.model_preload and not settings.model_keep_alive and not all(loaded.values()):
+        problem = "models are still loading"  # (with MODEL_KEEP_ALIVE an unloaded model is idle, not loading)
+    body: dict[str, Any] = {"status": "ready" if problem is None else "not_ready"}
+    try:  # the details (what is loaded, what is wrong upstream) only for a caller with a key
+        check_bearer(request.headers.get("authorization"), state.keys)
+        body.update(loaded=loaded, problem=problem)
+    except ClientAuthenticationError:
+        pass
+    return JSONResponse(body, status_code=200 if problem is None else 503)
+
+
+@info.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    state = _server(request).current
+    for tier, gate in state.gates.items():
+        state.metrics.queue_depth.labels(**state.labels(tier)).set(gate.waiting)
+        state.metrics.in_flight.labels(**state.labels(tier)).set(gate.running)
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
 def serve(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
