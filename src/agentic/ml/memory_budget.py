@@ -8,7 +8,7 @@ when that is not enough, the load is refused with a `MemoryBudgetError` that nam
 settings that lower them. 0 (the default) means no budget.
 
 A model handed out by `manager.get()` but not called yet counts as idle: if another tier's load evicts
-it, calling it raises "The model was closed"; `get()` again loads it.
+it, calling it raises `ModelClosedError` (503 `model_unloaded`); `get()` again loads it.
 """
 
 from __future__ import annotations
