@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -11,11 +10,9 @@ from pathlib import Path
 from .config import Settings, setting_sources
 from .errors import AgenticError
 from .ml.default_model import embedded_model_path
+from .ml.gguf import gguf_parts
 
 __all__ = ["Check", "gpu_visible", "run_checks"]
-
-SPLIT = re.compile(r"^(?P<stem>.*)-(?P<part>\d{5})-of-(?P<total>\d{5})\.gguf$")
-
 
 @dataclass(frozen=True)
 class Check:
@@ -44,11 +41,7 @@ def _available_memory_bytes() -> int | None:
 
 def _gguf_files(path: Path) -> tuple[list[Path], list[Path]]:
     """All parts of a (possibly split) GGUF model: (present, missing)."""
-    match = SPLIT.match(path.name)
-    if not match:
-        return ([path], []) if path.is_file() else ([], [path])
-    total = int(match["total"])
-    parts = [path.with_name(f"{match['stem']}-{index:05d}-of-{total:05d}.gguf") for index in range(1, total + 1)]
+    parts = gguf_parts(path)
     return [p for p in parts if p.is_file()], [p for p in parts if not p.is_file()]
 
 

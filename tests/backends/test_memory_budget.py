@@ -11,7 +11,7 @@ import pytest
 
 from agentic.api.app import create_app
 from agentic.errors import MemoryBudgetError, ModelClosedError
-from agentic.ml.memory_budget import gguf_parts
+from agentic.ml.gguf import gguf_parts
 from agentic.ml.model_manager import ModelManager
 from conftest import make_settings
 

@@ -17,7 +17,7 @@ import queue
 import random
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +79,7 @@ def _in_cells(sequence: _Sequence) -> list[int]:
 class Generation(Iterator[int]):
     """The token ids of one sequence as they are sampled; `close()` cancels it."""
 
-    def __init__(self, tokens: Iterator[int], sequence: _Sequence) -> None:
+    def __init__(self, tokens: Generator[int, None, None], sequence: _Sequence) -> None:
         self._tokens = tokens
         self._sequence = sequence
 
@@ -88,9 +88,7 @@ class Generation(Iterator[int]):
 
     def close(self) -> None:
         """Stop reading: the sequence ends at the next step and frees its slot."""
-        close = getattr(self._tokens, "close", None)
-        if close is not None:
-            close()
+        self._tokens.close()
 
     @property
     def cached_tokens(self) -> int:
@@ -135,7 +133,6 @@ class BatchEngine:
         self._waiting: deque[_Sequence] = deque()
         self._running: dict[int, _Sequence] = {}
         self.cache = PrefixCache(prefix_cache)
-        self.prompt_tokens = self.cached_tokens = 0  # since start: prompt tokens asked for, and reused
         self._wake = threading.Condition()
         self._closed = self._released = False
         self.restarts = 0  # times the worker failed outside any one sequence and started over
@@ -165,7 +162,7 @@ class BatchEngine:
             self._wake.notify()
         return Generation(self._read(sequence), sequence)
 
-    def _read(self, sequence: _Sequence) -> Iterator[int]:
+    def _read(self, sequence: _Sequence) -> Generator[int, None, None]:
         try:
             while (token := self._next_token(sequence)) != _END:
                 yield token
@@ -305,8 +302,6 @@ class BatchEngine:
             lib.llama_memory_seq_rm(memory, slot, -1, -1)
             keep = 0
         sequence.seq_id, sequence.fed, sequence.cached = slot, keep, keep
-        self.prompt_tokens += len(sequence.prompt)
-        self.cached_tokens += keep
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running.values() if s.cancelled]:
@@ -362,8 +357,8 @@ class BatchEngine:
             self.cache.forget()
             status = lib.llama_decode(self._ctx, batch)
         if status != 0:
-            raise EngineFailedError(f"llama_decode failed with status {status} (KV cache full?). Lower MODEL_PARALLEL "
-                                 "or the prompt sizes.")
+            raise EngineFailedError(f"llama_decode failed with status {status} (KV cache full?). Lower "
+                                    "MODEL_PARALLEL or the prompt sizes.")
         with self._wake:
             for sequence, index in outputs:
                 if sequence.cancelled:

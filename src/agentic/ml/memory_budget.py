@@ -13,73 +13,15 @@ it, calling it raises `ModelClosedError` (503 `model_unloaded`); `get()` again l
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from ..errors import MemoryBudgetError
 
-__all__ = ["MemoryBudget", "gguf_footprint_mb", "gguf_parts"]
+__all__ = ["MemoryBudget"]
 
 _log = logging.getLogger(__name__)
-_MB = 1024 * 1024
-
-
-def gguf_parts(path: Path) -> list[Path]:
-    """Every file of a GGUF model: the split parts (`name-00001-of-00003.gguf` ...), or the one file."""
-    stem, marker, count = path.stem.rpartition("-of-")
-    if marker and count.isdigit() and stem[-5:].isdigit():
-        parts = [path.with_name(f"{stem[:-5]}{index:05d}-of-{count}.gguf") for index in range(1, int(count) + 1)]
-        return [part for part in parts if part.is_file()]
-    return [path]
-
-
-def gguf_footprint_mb(llama_cpp: Any, path: Path, kv_tokens: int) -> float:
-    """Estimated memory of a GGUF model: weights + f16 KV cache of `kv_tokens` cells + a tenth for buffers.
-
-    Reads the hyper-parameters with a vocab-only load (no tensors, a fraction of a second).
-    """
-    weights = sum(part.stat().st_size for part in gguf_parts(path))
-    quiet = logging.getLogger("llama-cpp-python")  # llama-cpp-python prints llama.cpp's log below this level
-    if quiet.level == logging.NOTSET:
-        quiet.setLevel(logging.ERROR)  # as Llama(verbose=False) does
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        return weights * 1.1 / _MB  # unreadable header: the load itself reports it properly
-    try:  # the header only: a vocab-only model has no per-layer hyper-parameters to ask for
-        meta = _Header(llama_cpp, model)
-        layers, heads = meta.integer("block_count"), meta.integer("attention.head_count")
-        heads_kv = meta.integer("attention.head_count_kv") or heads
-        head = meta.integer("embedding_length") // max(heads, 1)
-        key, value = meta.integer("attention.key_length") or head, meta.integer("attention.value_length") or head
-    finally:
-        llama_cpp.llama_model_free(model)
-    kv = layers * kv_tokens * heads_kv * (key + value) * 2
-    return (weights * 1.1 + kv) / _MB
-
-
-class _Header:
-    """Integers of a GGUF header, under `<architecture>.`; per-layer arrays give their largest value."""
-
-    def __init__(self, llama_cpp: Any, model: Any) -> None:
-        self._lib, self._model = llama_cpp, model
-        self._architecture = self._text("general.architecture") or ""
-
-    def _text(self, key: str) -> str | None:
-        buffer = ctypes.create_string_buffer(4096)
-        size = self._lib.llama_model_meta_val_str(self._model, key.encode(), buffer, len(buffer))
-        return buffer.value.decode(errors="replace") if size >= 0 else None
-
-    def integer(self, suffix: str) -> int:
-        """The value, or 0 when absent."""
-        numbers = [int(part) for part in re.findall(r"\d+", self._text(f"{self._architecture}.{suffix}") or "")]
-        return max(numbers, default=0)
 
 
 @dataclass

@@ -25,8 +25,8 @@ from ..errors import (
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
 from .chat_templates import ChatTemplate, fallback_template
 from .default_model import EMBEDDED_LABEL, embedded_model_path
+from .gguf import gguf_footprint_mb
 from .llama_engine import BatchEngine, SamplingSpec
-from .memory_budget import gguf_footprint_mb
 from .tiers import Tier
 
 __all__ = ["LlamaCppModel", "ModelManager", "resolve_gguf_path"]
@@ -45,6 +45,7 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
+_PATH_SETTINGS: dict[Tier, str] = {"heavy": "model_7b_path", "light": "model_1b_path"}  # the guide's names
 _STRING_CHAR = r'char ::= [^"\\] |'
 _SPACE_RULE = 'space ::= " "?'
 # llama.cpp's own converter lets JSON break lines and indent, as models write it; a single optional space
@@ -244,13 +245,13 @@ class ModelManager(BaseModelManager):
         """The configured GGUF paths, or the embedded model where none is set."""
         sources = setting_sources(settings)
         labels = []
-        for field in ("model_7b_path", "model_1b_path"):
+        for field in _PATH_SETTINGS.values():
             path = getattr(settings, field)
             labels.append(EMBEDDED_LABEL if sources[field] == "default" and not path.is_file() else str(path))
         return labels[0], labels[1]
 
     def _resolve(self, tier: Tier) -> ModelSpec:
-        return resolve_gguf_path(self.settings, "model_7b_path" if tier == "heavy" else "model_1b_path")
+        return resolve_gguf_path(self.settings, _PATH_SETTINGS[tier])
 
     def footprint_mb(self, spec: ModelSpec) -> float:
         """Weights + the KV cache of MODEL_PARALLEL x MODEL_CONTEXT_SIZE tokens (+ a tenth), from the GGUF header."""

@@ -239,7 +239,7 @@ class OpenAIModelManager(BaseModelManager):
         super().__init__(settings)
 
     def _resolve(self, tier: Tier) -> ModelSpec:
-        name = self.settings.openai_heavy_model if tier == "heavy" else self.settings.openai_light_model
+        name: str = getattr(self.settings, f"openai_{tier}_model")
         return ModelSpec(name, name, f"OPENAI_{tier.upper()}_MODEL")
 
     def _load(self, spec: ModelSpec) -> Model:
