@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agentic import doctor
+from agentic import checks, doctor
 from agentic.cli import app
 from agentic.doctor import run_checks
 from conftest import make_settings
@@ -46,7 +46,7 @@ def test_gpu_visible_but_cpu_only_build_is_the_silent_trap(monkeypatch: pytest.M
 
     if llama_cpp.llama_supports_gpu_offload():
         pytest.skip("this llama-cpp-python build has GPU support")
-    monkeypatch.setattr(doctor, "gpu_visible", lambda: True)  # as on a machine with an NVIDIA driver
+    monkeypatch.setattr(checks, "gpu_visible", lambda: True)  # as on a machine with an NVIDIA driver
     failed = _failed(run_checks(make_settings(model_gpu_layers=30)))
     assert "the GPU is silently unused" in failed["GPU offload"].detail
     assert 'CMAKE_ARGS="-DGGML_CUDA=on"' in failed["GPU offload"].fix

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
 import typer
+from pydantic_settings import BaseSettings
 
-from .config import Settings, load_settings
+from .config import Settings, env_name, load_settings
 from .cost import CostLine, PriceTable, Workload, compare
 from .errors import AgenticError
 from .logs import configure_logging
-from .ml.model_factory import create_model_manager, describe_configuration
+from .ml.model_factory import create_model_manager, describe_configuration, manager_class
 
 __all__ = ["app", "main"]
 
@@ -46,11 +47,15 @@ def config(
 ) -> None:
     """Show the backend, both tiers' models and every effective setting with its source."""
     settings = _run(load_settings)
-    typer.echo("\n".join(describe_configuration(settings)))
+    typer.echo("\n".join(_run(lambda: describe_configuration(settings))))
     if describe:
         typer.echo("\nWhat each setting does:")
-        for field, info in Settings.model_fields.items():
-            typer.echo(f"  {Settings.env_name(field)}: {info.description}")
+        names = [settings.model_backend, *settings.fallback_backends]
+        own = [each for each in (manager_class(name).settings_class for name in names) if each is not None]
+        settings_classes: list[type[BaseSettings]] = [Settings, *own]
+        for settings_class in settings_classes:
+            for field, info in settings_class.model_fields.items():
+                typer.echo(f"  {env_name(settings_class, field)}: {info.description or ''}".rstrip())
 
 
 @app.command()

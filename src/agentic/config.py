@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
+from .registry import backend_names, names_text
 
 __all__ = [
-    "BACKENDS",
     "SECRET_FIELDS",
     "DEFAULT_MODEL_1B_PATH",
     "DEFAULT_MODEL_7B_PATH",
@@ -27,19 +27,22 @@ __all__ = [
     "apply_gpu_environment",
     "display_url",
     "effective_values",
+    "env_name",
+    "secret_fields",
+    "load_backend_settings",
     "load_settings",
     "physical_cores",
     "setting_sources",
 ]
 
-BACKENDS = ("llama_cpp", "openai", "transformers_gpu")
-Backend = Literal["llama_cpp", "openai", "transformers_gpu"]
+# CUDA's own variables keep their meaning as given: an empty CUDA_VISIBLE_DEVICES hides every GPU.
+_PASSED_THROUGH = ("cuda_visible_devices", "ggml_cuda_force_cublas")
+_S = TypeVar("_S", bound=BaseSettings)
 TorchDtype = Literal["float16", "bfloat16", "float32"]
 SettingSource = Literal["default", ".env", "environment", "argument"]
 
 DEFAULT_MODEL_7B_PATH = Path("models/qwen-7b/qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf")
 DEFAULT_MODEL_1B_PATH = Path("models/qwen-1.5b/model.gguf")
-SECRET_FIELDS = frozenset({"openai_api_key", "api_keys", "api_admin_keys"})
 
 
 def physical_cores() -> int:
@@ -78,8 +81,9 @@ class Settings(BaseSettings):
         protected_namespaces=(),
     )
 
-    model_backend: Backend = _field(
-        "llama_cpp", "MODEL_BACKEND", "Which backend serves both tiers: llama_cpp, openai or transformers_gpu."
+    model_backend: str = _field(
+        "llama_cpp", "MODEL_BACKEND",
+        "Which backend serves both tiers: llama_cpp, openai, transformers_gpu, or one an installed package adds.",
     )
     model_fallback: str = _field(
         "", "MODEL_FALLBACK",
@@ -250,12 +254,13 @@ class Settings(BaseSettings):
         False, "API_LOG_PROMPTS", "Log prompt text with each request (off: only ids, tiers, tokens, latency)."
     )
 
-    @field_validator("openai_api_key", "openai_base_url", "openai_organization", "api_keys", "api_admin_keys",
-                     "gpu_heavy_model", "gpu_light_model", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _blank_is_unset(cls, value: Any) -> Any:
-        """An empty `OPENAI_API_KEY=` line in .env means "not set", not an empty key."""
-        return None if isinstance(value, str) and not value.strip() else value
+    def _blank_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        """An empty `OPENAI_API_KEY=` line in .env means "not set" for any optional setting, not an empty key."""
+        name = info.field_name
+        optional = name is not None and name not in _PASSED_THROUGH and cls.model_fields[name].default is None
+        return None if optional and isinstance(value, str) and not value.strip() else value
 
     @field_validator("api_keys", "api_admin_keys")
     @classmethod
@@ -268,9 +273,7 @@ class Settings(BaseSettings):
     @classmethod
     def env_name(cls, field: str) -> str:
         """The environment variable that sets `field`."""
-        alias = cls.model_fields[field].validation_alias
-        assert isinstance(alias, AliasChoices)
-        return str(alias.choices[0])
+        return env_name(cls, field)
 
     @field_validator("model_cache_dir", "model_7b_path", "model_1b_path")
     @classmethod
@@ -278,13 +281,21 @@ class Settings(BaseSettings):
         """`~/models/x.gguf` in .env means the home directory, as in a shell."""
         return value.expanduser()
 
+    @field_validator("model_backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in backend_names():
+            raise ValueError(f"expected {names_text()}")
+        return value
+
     @field_validator("model_fallback")
     @classmethod
     def _known_backends(cls, value: str) -> str:
         names = [name.strip() for name in value.split(",") if name.strip()]
-        unknown = [name for name in names if name not in BACKENDS]
+        unknown = [name for name in names if name not in backend_names()]
         if unknown:
-            raise ValueError(f"unknown backend {unknown[0]!r}; use a comma-separated list of {', '.join(BACKENDS)}")
+            raise ValueError(f"unknown backend {unknown[0]!r}; use a comma-separated list of "
+                             f"{', '.join(backend_names())}")
         return ",".join(names)
 
     @field_validator("openai_base_url")
@@ -337,27 +348,52 @@ def _split_secret(secret: SecretStr | None) -> list[str]:
     return [key.strip() for key in raw.split(",") if key.strip()]
 
 
+def env_name(settings_class: type[BaseSettings], field: str) -> str:
+    """The environment variable that sets `field` of any settings model (its alias, else prefix + name)."""
+    alias = settings_class.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    if isinstance(alias, str):
+        return alias
+    return (str(settings_class.model_config.get("env_prefix", "")) + field).upper()
+
+
+def secret_fields(settings_class: type[BaseSettings]) -> frozenset[str]:
+    """The fields shown only as SET / NOT SET: those typed SecretStr."""
+    return frozenset(name for name, info in settings_class.model_fields.items()
+                     if info.annotation is SecretStr or SecretStr in get_args(info.annotation))
+
+
+SECRET_FIELDS = secret_fields(Settings)
+
+
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     """Read settings from the environment and `env_file`; raise ConfigError on a bad value."""
+    return load_backend_settings(Settings, env_file, **overrides)
+
+
+def load_backend_settings(settings_class: type[_S], env_file: str | Path | None = ".env", **overrides: Any) -> _S:
+    """Read any settings model (a plugin backend's own) the way `load_settings` reads agentic's."""
     try:
-        settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        settings = settings_class(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(exc)) from None
+        raise ConfigError(_describe_validation_error(settings_class, exc)) from None
     object.__setattr__(settings, "_env_file_path", env_file)
     return settings
 
 
-def _describe_validation_error(exc: ValidationError) -> str:
+def _describe_validation_error(settings_class: type[BaseSettings], exc: ValidationError) -> str:
     """One line per bad setting: the variable, the value and the valid choices."""
     lines = []
-    by_env = {Settings.env_name(field).upper(): field for field in Settings.model_fields}
+    fields = settings_class.model_fields
+    by_env = {env_name(settings_class, field).upper(): field for field in fields}
     for error in exc.errors():
         where = str(error["loc"][0]) if error["loc"] else "?"
         field = by_env.get(where.upper(), where)
-        known = field in Settings.model_fields
-        name = Settings.env_name(field) if known else where
-        description = Settings.model_fields[field].description if known else ""
-        shown = "<hidden>" if field in SECRET_FIELDS else repr(error.get("input"))
+        known = field in fields
+        name = env_name(settings_class, field) if known else where
+        description = (fields[field].description or "") if known else ""
+        shown = "<hidden>" if field in secret_fields(settings_class) else repr(error.get("input"))
         expected = error.get("ctx", {}).get("expected")
         message = error["msg"].removeprefix("Value error, ")
         reason = f"expected {expected}" if expected else message[0].lower() + message[1:]
@@ -365,7 +401,7 @@ def _describe_validation_error(exc: ValidationError) -> str:
     return "Invalid setting: " + " | ".join(lines)
 
 
-def setting_sources(settings: Settings) -> dict[str, SettingSource]:
+def setting_sources(settings: BaseSettings) -> dict[str, SettingSource]:
     """Where each effective value came from: argument, environment, .env or default."""
     env_file = getattr(settings, "_env_file_path", ".env")
     dotenv_keys: set[str] = set()
@@ -373,8 +409,8 @@ def setting_sources(settings: Settings) -> dict[str, SettingSource]:
         dotenv_keys = {key.upper() for key, value in dotenv_values(env_file).items() if value is not None}
     environment = {key.upper() for key in os.environ}
     sources: dict[str, SettingSource] = {}
-    for field in Settings.model_fields:
-        name = Settings.env_name(field)
+    for field in type(settings).model_fields:
+        name = env_name(type(settings), field).upper()
         if field in settings.model_fields_set and name not in environment and name not in dotenv_keys:
             sources[field] = "argument"
         elif name in environment:
@@ -386,27 +422,28 @@ def setting_sources(settings: Settings) -> dict[str, SettingSource]:
     return sources
 
 
-def effective_values(settings: Settings) -> list[tuple[str, str, SettingSource]]:
+def effective_values(settings: BaseSettings) -> list[tuple[str, str, SettingSource]]:
     """(variable, value as shown, source) for every setting; secrets only as SET / NOT SET."""
     sources = setting_sources(settings)
+    secrets = secret_fields(type(settings))
     rows = []
-    for field in Settings.model_fields:
+    for field in type(settings).model_fields:
         value = getattr(settings, field)
-        if field in SECRET_FIELDS:
+        if field in secrets:
             shown = "SET" if value else "NOT SET"
-        elif field == "model_n_threads" and not value:
+        elif isinstance(settings, Settings) and field == "model_n_threads" and not value:
             shown = f"(auto: {settings.threads} physical cores)"
-        elif field == "openai_base_url" and value:
+        elif isinstance(settings, Settings) and field == "openai_base_url" and value:
             shown = ",".join(display_url(url) for url in settings.openai_base_urls)
         else:
             shown = "" if value is None else str(value)
-        rows.append((Settings.env_name(field), shown, sources[field]))
+        rows.append((env_name(type(settings), field), shown, sources[field]))
     return rows
 
 
 def apply_gpu_environment(settings: Settings) -> None:
     """Pass CUDA_VISIBLE_DEVICES / GGML_CUDA_FORCE_CUBLAS from `.env` on to CUDA and ggml."""
-    for field in ("cuda_visible_devices", "ggml_cuda_force_cublas"):
+    for field in _PASSED_THROUGH:
         value = getattr(settings, field)
         if value is not None:
             os.environ.setdefault(Settings.env_name(field), value)

@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .registry import backend_classes
 
-__all__ = ["LOCAL_BACKENDS", "CostLine", "PriceTable", "Workload", "api_cost", "compare", "local_cost"]
+__all__ = ["CostLine", "PriceTable", "Workload", "api_cost", "compare", "local_backends", "local_cost"]
 
-LOCAL_BACKENDS = {"llama_cpp": "MODEL_7B_PATH / MODEL_1B_PATH", "transformers_gpu": "GPU_HEAVY_MODEL / GPU_LIGHT_MODEL"}
+
+def local_backends() -> dict[str, str]:
+    """Each installed backend running on this machine (its cost is machine time) -> the settings naming its models."""
+    return {name: " / ".join(cls.tier_settings) for name, cls in backend_classes().items() if not cls.remote}
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,12 @@ class CostLine:
 
 @dataclass(frozen=True)
 class PriceTable:
-    """Input and output prices per 1,000 tokens per model, with the date they were taken."""
+    """Input and output prices per 1,000 tokens per model of one API backend, with the date they were taken."""
 
     prices: dict[str, tuple[float, float]]
     as_of: str
     source: str
+    backend: str = "openai"  # the remote backend these models are served by
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> PriceTable:
@@ -72,15 +77,16 @@ class PriceTable:
                 f"Price table {path} is not usable ({type(exc).__name__}: {exc}). It must be JSON like "
                 '{"as_of": "2024-10-01", "models": {"gpt-4": {"input_per_1k": 0.03, "output_per_1k": 0.06}}}.'
             ) from None
-        return cls(prices, str(raw.get("as_of", "unknown date")), str(raw.get("source", path or "shipped")))
+        return cls(prices, str(raw.get("as_of", "unknown date")), str(raw.get("source", path or "shipped")),
+                   str(raw.get("backend", "openai")))
 
 
 def api_cost(model: str, workload: Workload, table: PriceTable) -> CostLine:
     """tokens / 1,000 x the per-1K price, separately for input and output."""
     if model not in table.prices:
-        return CostLine("openai", model, None, None, f"no price for {model!r} in the table (as of {table.as_of})")
+        return CostLine(table.backend, model, None, None, f"no price for {model!r} in the table (as of {table.as_of})")
     input_price, output_price = table.prices[model]
-    return CostLine("openai", model, workload.total_input / 1000 * input_price,
+    return CostLine(table.backend, model, workload.total_input / 1000 * input_price,
                     workload.total_output / 1000 * output_price,
                     f"${input_price}/1K in, ${output_price}/1K out (prices as of {table.as_of})")
 
@@ -113,7 +119,7 @@ def compare(workload: Workload, table: PriceTable, hardware_per_hour: float,
     """
     measured = measured or {}
     lines = [api_cost(model, workload, table) for model in table.prices]
-    for backend, label in LOCAL_BACKENDS.items():
+    for backend, label in local_backends().items():
         speed = measured.get(backend, tokens_per_second)
         lines.append(local_cost(backend, label, workload, speed, hardware_per_hour, backend in measured))
     return lines

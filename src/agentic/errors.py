@@ -13,6 +13,7 @@ __all__ = [
     "InvalidAPIKeyError",
     "InvalidOutputError",
     "InvalidRequestError",
+    "KeyMissingError",
     "MemoryBudgetError",
     "ModelClosedError",
     "ModelFileNotFoundError",
@@ -60,10 +61,15 @@ class ConfigError(AgenticError, ValueError):
     code = "invalid_configuration"
 
 
-class OpenAIKeyMissingError(ConfigError):
-    """The OpenAI backend needs OPENAI_API_KEY for api.openai.com."""
+class KeyMissingError(ConfigError):
+    """A backend needs a key that is not set; `param` names its setting."""
 
     code = "missing_api_key"
+
+
+class OpenAIKeyMissingError(KeyMissingError):
+    """The OpenAI backend needs OPENAI_API_KEY for api.openai.com."""
+
     param = "OPENAI_API_KEY"
 
 

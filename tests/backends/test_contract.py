@@ -1,4 +1,8 @@
-"""One contract, checked on all three backends: the same calls give the same shapes."""
+"""One contract, checked on every installed backend: the same calls give the same shapes.
+
+The built-in three always; a backend an installed package adds too (tests/test_plugin_backend.py runs this
+file with tests/plugins/agentic-echo-backend installed).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ import pytest
 
 from agentic.ml.base import BaseModelManager
 from agentic.ml.model_factory import create_model_manager
+from agentic.registry import backend_names
 from conftest import make_settings
 
-BACKENDS = ["llama_cpp", "openai", "transformers_gpu"]
+BACKENDS = list(backend_names())
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

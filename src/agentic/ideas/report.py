@@ -10,6 +10,7 @@ from pathlib import Path
 import jinja2
 
 from ..cost import CostLine, PriceTable, Workload, compare
+from ..registry import is_remote
 from .schemas import IdeaResult
 from .store import ResultsLog, RunTotals, UsageDB
 
@@ -34,7 +35,7 @@ def cost_of_run(out_dir: Path, table: PriceTable, hardware_per_hour: float,
     workload = Workload(sum(t.calls for t in totals), sum(t.prompt_tokens for t in totals),
                         sum(t.completion_tokens for t in totals))
     measured = {backend: tokens / seconds for backend, (tokens, seconds) in throughput.items()
-                if seconds > 0 and tokens > 0 and backend != "openai"}
+                if seconds > 0 and tokens > 0 and not is_remote(backend)}
     return totals, measured, compare(workload, table, hardware_per_hour, measured, tokens_per_second)
 
 

@@ -18,8 +18,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..config import Settings, load_settings
-from ..errors import ContextLengthExceededError, InvalidRequestError, ModelClosedError
+from pydantic_settings import BaseSettings
+
+from ..checks import Check
+from ..config import Settings, load_backend_settings, load_settings
+from ..errors import AgenticError, ContextLengthExceededError, InvalidRequestError, ModelClosedError
 from .keep_alive import KeepAlive
 from .memory_budget import MemoryBudget
 from .schema_limits import SchemaLimits
@@ -435,10 +438,23 @@ class ModelSpec:
 
 
 class BaseModelManager(ABC):
-    """Serves the heavy and light tiers of one backend: `model, lock = manager.get(heavy=True)`."""
+    """Serves the heavy and light tiers of one backend: `model, lock = manager.get(heavy=True)`.
 
-    backend: ClassVar[str] = ""
-    key_setting: ClassVar[str | None] = None  # the secret this backend needs, shown as SET / NOT SET
+    A backend describes itself here, and the rest of agentic reads it from the class (found through
+    `agentic.registry`): its name, its own settings, the secret it needs, whether it is a priced remote
+    API, and what `agentic doctor` checks.
+    """
+
+    backend: ClassVar[str] = ""  # the MODEL_BACKEND value (the registry's name for it)
+    # A priced API that prompts are sent to (cost from the price table; reports say prompts leave the machine);
+    # False: runs on this machine, its cost is machine time.
+    remote: ClassVar[bool] = False
+    # The settings (variable names) that choose the heavy and the light model.
+    tier_settings: ClassVar[tuple[str, str]] = ("", "")
+    # A plugin's own settings model (pydantic-settings, its own variables, read from the same .env); the
+    # built-in backends' settings are agentic's `Settings`, where the guide names them.
+    settings_class: ClassVar[type[BaseSettings] | None] = None
+    key_setting: ClassVar[str | None] = None  # the secret this backend needs (a field of its settings), SET / NOT SET
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else load_settings()
@@ -455,6 +471,24 @@ class BaseModelManager(ABC):
     @abstractmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:
         """What the heavy and light tiers use, for `agentic config`; loads and assembles nothing."""
+
+    @classmethod
+    def own_settings(cls, settings: Settings) -> BaseSettings:
+        """The settings object holding this backend's variables: its `settings_class`, else `settings`."""
+        if cls.settings_class is None:
+            return settings
+        return load_backend_settings(cls.settings_class, getattr(settings, "_env_file_path", ".env"))
+
+    @classmethod
+    def preflight(cls, settings: Settings) -> list[Check]:
+        """`agentic doctor`'s checks of this backend, each with its fix; the default checks its own settings load."""
+        if cls.settings_class is None:
+            return []
+        try:
+            cls.own_settings(settings)
+        except AgenticError as exc:
+            return [Check(f"{cls.backend} settings", False, exc.message, "fix the setting named above")]
+        return [Check(f"{cls.backend} settings", True, "valid")]
 
     @abstractmethod
     def _resolve(self, tier: Tier) -> ModelSpec:

@@ -24,6 +24,7 @@ from ..errors import (
     RateLimitError,
     UpstreamError,
 )
+from ..registry import backend_class
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec
 from .tiers import Tier
 
@@ -120,9 +121,7 @@ class FallbackManager(BaseModelManager):
 
     @classmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:
-        from .model_factory import manager_class
-
-        return manager_class(settings.model_backend).tier_labels(settings)
+        return backend_class(settings.model_backend).tier_labels(settings)
 
     def manager_of(self, backend: str) -> BaseModelManager | AgenticError:
         return dict(self.chain)[backend]

@@ -1,4 +1,5 @@
-"""What agentic reads from GGUF files itself: the parts of a split model, and the memory a model will hold."""
+"""What agentic reads from GGUF files itself: the parts of a split model, whether they are whole, and the
+memory a model will hold."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["gguf_footprint_mb", "gguf_parts"]
+from ..checks import Check
+
+__all__ = ["check_gguf", "gguf_footprint_mb", "gguf_parts"]
 
 _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<part>\d{5})-of-(?P<total>\d{5})\.gguf$")
 _MB = 1024 * 1024
@@ -21,6 +24,26 @@ def gguf_parts(path: Path) -> list[Path]:
         return [path]
     total = int(match["total"])
     return [path.with_name(f"{match['stem']}-{index:05d}-of-{total:05d}.gguf") for index in range(1, total + 1)]
+
+
+def check_gguf(variable: str, path: Path) -> Check:
+    """`agentic doctor`'s check of a model file: every split part present and starting with the GGUF magic."""
+    parts = gguf_parts(path)
+    missing = [part for part in parts if not part.is_file()]
+    if missing:
+        return Check(f"{variable} file", False, f"missing: {', '.join(str(p) for p in missing)}",
+                     f"ls {path.parent}/ and download the missing part(s), or fix {variable}")
+    bad = [part for part in parts if _magic(part) != b"GGUF"]
+    if bad:
+        return Check(f"{variable} file", False, f"{bad[0]} does not start with the GGUF magic bytes",
+                     "download the file again (a partial download or an HTML error page looks like this)")
+    size = sum(part.stat().st_size for part in parts)
+    return Check(f"{variable} file", True, f"{path} ({len(parts)} part(s), {size / 2**20:.0f} MiB)")
+
+
+def _magic(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return file.read(4)
 
 
 def gguf_footprint_mb(llama_cpp: Any, path: Path, kv_tokens: int) -> float:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..checks import Check
 from ..config import Settings, apply_gpu_environment
 from ..errors import BackendNotInstalledError, ModelNotAvailableError, OutOfMemoryError
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
@@ -180,15 +181,45 @@ class TransformersModel(Model):
             self._torch.cuda.empty_cache()
 
 
+def _model_available(variable: str, reference: str | None) -> Check:
+    """A tier's model is the embedded one, a local path, or a hub id already in the local cache."""
+    if reference is None or Path(reference).expanduser().exists():
+        return Check(variable, True, reference or "embedded default (Gemma 3 270M)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(reference, local_files_only=True)
+        return Check(variable, True, f"{reference} is in the local hub cache")
+    except Exception:  # noqa: BLE001 - any failure means "not available offline"
+        return Check(variable, False, f"{reference} is not available offline",
+                     f"huggingface-cli download {reference}, or point {variable} at a local directory")
+
+
 class GPUModelManager(BaseModelManager):
     """Transformers models: heavy = GPU_HEAVY_MODEL, light = GPU_LIGHT_MODEL (default: the embedded Gemma)."""
 
     backend = "transformers_gpu"
+    tier_settings = ("GPU_HEAVY_MODEL", "GPU_LIGHT_MODEL")
 
     @classmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:
         """The configured models, or the embedded model where none is set."""
         return settings.gpu_heavy_model or EMBEDDED_LABEL, settings.gpu_light_model or EMBEDDED_LABEL
+
+    @classmethod
+    def preflight(cls, settings: Settings) -> list[Check]:
+        """torch installed, each tier's model available offline, and a dtype the device supports."""
+        try:
+            torch, _ = _import_torch_stack()
+        except BackendNotInstalledError:
+            return [Check("torch / transformers", False, "not installed", "pip install 'agentic[gpu]'")]
+        found = [_model_available(Settings.env_name(field), getattr(settings, field))
+                 for field in ("gpu_heavy_model", "gpu_light_model")]
+        cuda = torch.cuda.is_available()
+        dtype_ok = not cuda or settings.gpu_torch_dtype != "bfloat16" or torch.cuda.is_bf16_supported()
+        detail = (f"CUDA, {settings.gpu_torch_dtype}" if cuda else
+                  f"no CUDA: runs on the CPU in float32 (GPU_TORCH_DTYPE={settings.gpu_torch_dtype} ignored)")
+        return [*found, Check("device and dtype", dtype_ok, detail, "use GPU_TORCH_DTYPE=float16 on this GPU")]
 
     def _resolve(self, tier: Tier) -> ModelSpec:
         field = f"gpu_{tier}_model"

@@ -1,33 +1,22 @@
-"""create_model_manager(): the backend registry. `python -m src.agentic.ml.model_factory` shows the config.
+"""create_model_manager(): the manager for MODEL_BACKEND. `python -m src.agentic.ml.model_factory` shows the config.
 
-Adding a backend is one module with a BaseModelManager subclass and one line in BACKEND_REGISTRY.
+The backends are listed in `agentic.registry` (built-in ones, then the `agentic.backends` entry point of
+installed packages); adding one is a module with a BaseModelManager subclass, its settings and its tests.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 from ..config import Settings, effective_values, load_settings
 from ..errors import AgenticError
+from ..registry import BUILTIN_BACKENDS, backend_class
 from .base import BaseModelManager
 
 __all__ = ["BACKEND_REGISTRY", "create_model_manager", "describe_configuration", "manager_class"]
 
-# backend name -> "module:class", imported only when chosen so unused backends need not be installed
-BACKEND_REGISTRY: dict[str, str] = {
-    "llama_cpp": "model_manager:ModelManager",
-    "openai": "openai_model_manager:OpenAIModelManager",
-    "transformers_gpu": "gpu_model_manager:GPUModelManager",
-}
-
-
-def manager_class(backend: str) -> type[BaseModelManager]:
-    """The manager class registered for `backend`."""
-    module_name, class_name = BACKEND_REGISTRY[backend].split(":")
-    module = importlib.import_module(f"{__package__}.{module_name}")
-    cls: type[BaseModelManager] = getattr(module, class_name)
-    return cls
+BACKEND_REGISTRY = BUILTIN_BACKENDS  # the built-in backends, name -> "module:class" (plugins: agentic.registry)
+manager_class = backend_class  # the manager class of a backend name, built-in or added by a package
 
 
 def create_model_manager(settings: Settings | None = None) -> BaseModelManager:
@@ -49,13 +38,16 @@ def describe_configuration(settings: Settings) -> list[str]:
     heavy, light = cls.tier_labels(settings)
     lines = [f"Model Backend: {settings.model_backend}"]
     if cls.key_setting is not None:
-        lines.append(f"API Key: {'SET' if getattr(settings, cls.key_setting) else 'NOT SET'}")
+        lines.append(f"API Key: {'SET' if getattr(cls.own_settings(settings), cls.key_setting) else 'NOT SET'}")
     lines += [f"Heavy Model: {heavy}", f"Light Model: {light}"]
     for backend in settings.fallback_backends:
         fallback_heavy, fallback_light = manager_class(backend).tier_labels(settings)
         lines.append(f"Fallback: {backend} (heavy {fallback_heavy}, light {fallback_light})")
     lines += ["", "Effective settings (value  [source]):"]
     rows = effective_values(settings)
+    for backend in [settings.model_backend, *settings.fallback_backends]:  # plugins' own settings
+        own = manager_class(backend).own_settings(settings)
+        rows += effective_values(own) if own is not settings else []
     width = max(len(name) for name, _, _ in rows)
     lines += [f"  {name:<{width}}  {shown}  [{source}]" for name, shown, source in rows]
     return lines

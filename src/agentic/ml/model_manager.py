@@ -14,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .. import checks
+from ..checks import Check
 from ..config import Settings, apply_gpu_environment, setting_sources
 from ..errors import (
     BackendNotInstalledError,
@@ -25,7 +27,7 @@ from ..errors import (
 from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
 from .chat_templates import ChatTemplate, fallback_template
 from .default_model import EMBEDDED_LABEL, embedded_model_path
-from .gguf import gguf_footprint_mb
+from .gguf import check_gguf, gguf_footprint_mb
 from .llama_engine import BatchEngine, SamplingSpec
 from .tiers import Tier
 
@@ -84,6 +86,31 @@ def resolve_gguf_path(settings: Settings, field: str) -> ModelSpec:
     embedded = embedded_model_path(settings.model_cache_dir)
     _log.info("%s is not set and %s does not exist: using the embedded default model %s", variable, path, embedded)
     return ModelSpec(str(embedded), embedded.name, "embedded default")
+
+
+def _tier_paths(settings: Settings) -> list[Path]:
+    """Each tier's GGUF file as configured; the embedded model's where the setting is unset and its default missing."""
+    sources, paths = setting_sources(settings), []
+    for field in _PATH_SETTINGS.values():
+        path = getattr(settings, field)
+        unset = sources[field] == "default" and not path.is_file()
+        paths.append(embedded_model_path(settings.model_cache_dir) if unset else path)
+    return paths
+
+
+def _gpu_build_check(settings: Settings) -> Check:
+    """MODEL_GPU_LAYERS on a machine with a GPU needs a GPU build of llama-cpp-python (else it is silently unused)."""
+    gpu_build = bool(_import_llama_cpp().llama_supports_gpu_offload())
+    if settings.model_gpu_layers == 0:
+        return Check("GPU offload", True, "MODEL_GPU_LAYERS=0: CPU only")
+    if checks.gpu_visible() and not gpu_build:
+        return Check("GPU offload", False,
+                     f"a GPU is visible and MODEL_GPU_LAYERS={settings.model_gpu_layers}, but this llama-cpp-python "
+                     "was built without GPU support: the GPU is silently unused",
+                     'CMAKE_ARGS="-DGGML_CUDA=on" pip install llama-cpp-python --force-reinstall --no-cache-dir')
+    if not checks.gpu_visible():
+        return Check("GPU offload", True, f"no GPU visible: MODEL_GPU_LAYERS={settings.model_gpu_layers} is ignored")
+    return Check("GPU offload", True, f"GPU build, {settings.model_gpu_layers} layers offloaded")
 
 
 class LlamaCppModel(Model):
@@ -239,6 +266,7 @@ class ModelManager(BaseModelManager):
     """llama.cpp models: heavy = MODEL_7B_PATH, light = MODEL_1B_PATH; thread-safe through the lock."""
 
     backend = "llama_cpp"
+    tier_settings = ("MODEL_7B_PATH", "MODEL_1B_PATH")
 
     @classmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:
@@ -249,6 +277,23 @@ class ModelManager(BaseModelManager):
             path = getattr(settings, field)
             labels.append(EMBEDDED_LABEL if sources[field] == "default" and not path.is_file() else str(path))
         return labels[0], labels[1]
+
+    @classmethod
+    def preflight(cls, settings: Settings) -> list[Check]:
+        """Each tier's GGUF file whole, memory for both models, and a GPU build when a GPU is there."""
+        paths = _tier_paths(settings)
+        variables = [Settings.env_name(field) for field in _PATH_SETTINGS.values()]
+        found = [check_gguf(variable, path) for variable, path in zip(variables, paths, strict=True)]
+        unique = {path.resolve() for path, check in zip(paths, found, strict=True) if check.ok}
+        available = checks.available_memory_bytes()
+        if available is not None and unique:
+            kv_tokens = settings.model_parallel * settings.model_context_size
+            needed = sum(gguf_footprint_mb(_import_llama_cpp(), path, kv_tokens) for path in unique) * 2**20
+            found.append(Check("memory", needed < available,
+                               f"models need about {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available",
+                               "use smaller quantizations, point both tiers at one file, or lower MODEL_PARALLEL / "
+                               "MODEL_CONTEXT_SIZE"))
+        return [*found, _gpu_build_check(settings)]
 
     def _resolve(self, tier: Tier) -> ModelSpec:
         return resolve_gguf_path(self.settings, _PATH_SETTINGS[tier])

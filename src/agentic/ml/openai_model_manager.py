@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from ..checks import Check
 from ..config import Settings, display_url, load_settings
 from ..errors import (
     AgenticError,
@@ -211,12 +212,38 @@ class OpenAIModelManager(BaseModelManager):
     """OpenAI models: heavy = OPENAI_HEAVY_MODEL, light = OPENAI_LIGHT_MODEL; same interface as ModelManager."""
 
     backend = "openai"
+    remote = True
     key_setting = "openai_api_key"
+    tier_settings = ("OPENAI_HEAVY_MODEL", "OPENAI_LIGHT_MODEL")
 
     @classmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:
         """OPENAI_HEAVY_MODEL and OPENAI_LIGHT_MODEL."""
         return settings.openai_heavy_model, settings.openai_light_model
+
+    @classmethod
+    def preflight(cls, settings: Settings) -> list[Check]:
+        """Each server answers and accepts the key, and lists both tiers' model names."""
+        try:
+            manager = cls(settings)
+        except AgenticError as exc:
+            return [Check("OpenAI client", False, exc.message.splitlines()[0], "see the message")]
+        try:
+            listed = manager.served_models()  # one models.list per server serves every check below
+        finally:
+            manager.close()
+        found = []
+        for url, names in listed.items():
+            if isinstance(names, AgenticError):
+                fix = names.message.partition("\n")[2] or "check OPENAI_BASE_URL, OPENAI_API_KEY and the network"
+                found.append(Check(f"OpenAI server {url}", False, names.message.splitlines()[0], fix))
+                continue
+            found.append(Check(f"OpenAI server {url}", True, "answers and accepts the key"))
+            for variable, name in zip(cls.tier_settings, cls.tier_labels(settings), strict=True):
+                listed_here = name in names
+                found.append(Check(variable, listed_here, f"{name!r} is {'' if listed_here else 'not '}listed by {url}",
+                                   f"pick one of: {', '.join(sorted(names)[:8])}"))
+        return found
 
     def __init__(self, settings: Settings | None = None) -> None:
         settings = settings if settings is not None else load_settings()
