@@ -25,9 +25,9 @@ ENTRY_POINT_GROUP = "agentic.backends"
 
 # name -> "module:class", imported only when used so a backend's own dependencies stay optional
 BUILTIN_BACKENDS: dict[str, str] = {
-    "llama_cpp": "agentic.ml.model_manager:ModelManager",
-    "openai": "agentic.ml.openai_model_manager:OpenAIModelManager",
-    "transformers_gpu": "agentic.ml.gpu_model_manager:GPUModelManager",
+    "llama_cpp": "agentic.ml.backends.llama_cpp:ModelManager",
+    "openai": "agentic.ml.backends.openai_api:OpenAIModelManager",
+    "transformers_gpu": "agentic.ml.backends.transformers_gpu:GPUModelManager",
 }
 
 

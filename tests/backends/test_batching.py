@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agentic.ml.llama_engine import SamplingSpec
+from agentic.ml.engines.llama_batch import SamplingSpec
 from agentic.ml.model_manager import LlamaCppModel, ModelManager
 from conftest import assert_greedy_up_to_a_tie, make_settings
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from agentic.ml.llama_engine import SamplingSpec
+from agentic.ml.engines.llama_batch import SamplingSpec
+from agentic.ml.engines.prefix_cache import PrefixCache, common_prefix
 from agentic.ml.model_manager import LlamaCppModel, ModelManager
-from agentic.ml.prefix_cache import PrefixCache, common_prefix
 from conftest import assert_greedy_up_to_a_tie, make_settings
 
 INSTRUCTIONS = "You are a careful analyst of business ideas. Judge the market, the competition and the risks. " * 12

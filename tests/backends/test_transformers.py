@@ -169,7 +169,7 @@ def test_closing_a_batched_stream_ends_its_row(manager: GPUModelManager) -> None
 def test_batcher_close_is_idempotent_and_refuses_new_work() -> None:
     """As the llama.cpp engine does: after close, no worker would answer, so generate refuses at once."""
     from agentic.errors import ModelClosedError
-    from agentic.ml.transformers_engine import TransformersBatcher
+    from agentic.ml.engines.transformers_batch import TransformersBatcher
 
     batcher = TransformersBatcher(lambda **inputs: None, "cpu", 0, {1}, lambda *args: 1, slots=2)
     batcher.close()

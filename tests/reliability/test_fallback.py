@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from agentic.errors import InvalidRequestError, UpstreamTimeoutError
-from agentic.ml.fallback import FallbackManager
+from agentic.ml.backends.fallback import FallbackManager
 from agentic.ml.model_factory import create_model_manager
 from conftest import make_settings, start_agentic_server, stop
 from faults import SECRET, dead_url, fault_server

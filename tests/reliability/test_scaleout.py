@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentic.ml.endpoints import BACKOFF_START
+from agentic.ml.backends.endpoints import BACKOFF_START
 from agentic.ml.openai_model_manager import OpenAIModelManager
 from conftest import SLOW_MACHINE_TIMEOUT, make_settings, start_llama_server, stop
 

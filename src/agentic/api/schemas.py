@@ -9,8 +9,8 @@ from pydantic_core import PydanticCustomError
 
 from ..ml.base import invalid_text, invalid_text_message
 
-__all__ = ["UNSUPPORTED_FIELDS", "ChatCompletionRequest", "ChatMessage", "CompletionRequest", "IdeaRequest",
-           "StreamOptions"]
+__all__ = ["UNSUPPORTED_FIELDS", "ChatCompletionRequest", "ChatMessage", "CompletionRequest", "StreamOptions",
+           "check_body_text"]
 
 
 class StreamOptions(BaseModel):
@@ -47,7 +47,7 @@ UNSUPPORTED_FIELDS = {
 _NEUTRAL: tuple[Any, ...] = (None, False, 0, "none", "", [], {})
 
 
-def _check_text(data: Any) -> None:
+def check_body_text(data: Any) -> None:
     where = invalid_text(data, "body")
     if where is not None:
         raise request_error(where, invalid_text_message(where))
@@ -67,7 +67,7 @@ class _SamplingRequest(BaseModel):
     @classmethod
     def _honest(cls, data: Any) -> Any:
         """Refuse invalid Unicode anywhere, and fields we would otherwise ignore, naming them."""
-        _check_text(data)
+        check_body_text(data)
         for name, reason in UNSUPPORTED_FIELDS.items():
             if isinstance(data, dict) and data.get(name) not in _NEUTRAL:
                 raise request_error(name, f"'{name}' was sent, but {reason} by this server. Remove the field.")
@@ -113,19 +113,3 @@ class CompletionRequest(_SamplingRequest):
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1, description="Most tokens to generate (OpenAI's default is 16).")
     echo: bool = False
-
-
-class IdeaRequest(BaseModel):
-    """POST /v1/ideas/analyze: one business idea."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _valid_text(cls, data: Any) -> Any:
-        _check_text(data)
-        return data
-
-    title: str = Field(min_length=1, max_length=200)
-    description: str = Field(min_length=1, max_length=4000)
-    retries: int = Field(2, ge=0, le=5, description="Extra attempts when an answer does not match its schema.")

@@ -1,28 +1,41 @@
-"""The contract every backend implements, and the OpenAI-shaped results they all return.
+"""The contract every backend implements: `Model` (one loaded model) and `BaseModelManager` (a backend's tiers).
 
 A backend supplies a `Model` subclass with two methods: `_complete(prompt, params)` and
 `_chat(messages, params)`, each yielding `Delta`s. Everything else - argument checks, the
 completion / chat.completion dicts (llama-cpp-python's shapes), streaming chunks, usage - lives
-here once, so every backend answers in exactly the same shape.
+here once, so every backend answers in exactly the same shape. A backend's manager subclass says
+what the rest of agentic needs to know about it (see `BaseModelManager`).
+
+The types a backend works with are re-exported here, so a backend (a plugin too) imports from this module.
 """
 
 from __future__ import annotations
 
-import codecs
 import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic_settings import BaseSettings
 
 from ..checks import Check
 from ..config import Settings, load_backend_settings, load_settings
-from ..errors import AgenticError, ContextLengthExceededError, InvalidRequestError, ModelClosedError
+from ..errors import AgenticError, InvalidRequestError, ModelClosedError
+from .engines.token_text import StopMatcher, TokenTextStream
+from .generation import (
+    Delta,
+    GenerationParams,
+    Message,
+    ModelSpec,
+    check_context,
+    check_messages,
+    check_text,
+    invalid_text,
+    invalid_text_message,
+)
 from .keep_alive import KeepAlive
 from .memory_budget import MemoryBudget
 from .schema_limits import SchemaLimits
@@ -39,217 +52,12 @@ __all__ = [
     "StopMatcher",
     "TokenTextStream",
     "check_context",
+    "check_text",
     "invalid_text",
     "invalid_text_message",
 ]
 
-Message = dict[str, Any]
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """Validated sampling arguments shared by every backend."""
-
-    max_tokens: int | None
-    temperature: float
-    top_p: float
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    stream: bool = False
-    response_format: dict[str, Any] | None = None
-
-    def token_limit(self, room: int) -> int:
-        """Most tokens to generate: max_tokens, capped by the room left in the context."""
-        return min(self.max_tokens or room, room)
-
-    @property
-    def json_schema(self) -> dict[str, Any] | None:
-        """The JSON schema the answer must follow: {} for any JSON object, None for free text."""
-        kind = (self.response_format or {}).get("type", "text")
-        if kind == "json_object":
-            return {}
-        if kind == "json_schema":
-            return dict(self.response_format["json_schema"]["schema"])  # type: ignore[index]
-        return None
-
-    @classmethod
-    def build(
-        cls,
-        max_tokens: int | None,
-        temperature: float,
-        top_p: float,
-        stop: str | Sequence[str] | None,
-        seed: int | None,
-        stream: bool = False,
-        response_format: dict[str, Any] | None = None,
-        **extra: Any,
-    ) -> GenerationParams:
-        """Check every argument and say which one is wrong and how to fix it."""
-        if extra:
-            raise InvalidRequestError(
-                f"Unsupported argument(s): {', '.join(sorted(extra))}. Every backend takes max_tokens, temperature, "
-                "top_p, stop, seed, stream and response_format.", param=sorted(extra)[0])
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            raise InvalidRequestError(
-                f"max_tokens={max_tokens!r} is not valid: use a whole number >= 1 (or None for the rest "
-                "of the context).", param="max_tokens")
-        if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
-            raise InvalidRequestError(
-                f"temperature={temperature!r} is not valid: use a number from 0 (greedy) to 2.",
-                param="temperature")
-        if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
-            raise InvalidRequestError(
-                f"top_p={top_p!r} is not valid: use a number greater than 0 and at most 1.", param="top_p")
-        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        if any(not isinstance(s, str) or not s for s in stops):
-            raise InvalidRequestError(
-                f"stop={stop!r} is not valid: use a non-empty string or a list of them.", param="stop")
-        if seed is not None and not isinstance(seed, int):
-            raise InvalidRequestError(f"seed={seed!r} is not valid: use a whole number.", param="seed")
-        _check_response_format(response_format)
-        return cls(max_tokens, float(temperature), float(top_p), stops, seed, bool(stream), response_format)
-
-
-@dataclass
-class Delta:
-    """A piece of generated text; the last one of a generation carries finish_reason and usage."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cached_tokens: int | None = None  # prompt tokens reused from a prefix cache (None: the backend has none)
-    served_by: tuple[str, str] | None = None  # (backend, model) on the first delta when a fallback answered
-
-
-def _check_response_format(response_format: Any) -> None:
-    if response_format is None:
-        return
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    schema = (response_format.get("json_schema") or {}).get("schema") if kind == "json_schema" else {}
-    if kind not in {"text", "json_object", "json_schema"} or not isinstance(schema, dict):
-        raise InvalidRequestError(
-            f"response_format={response_format!r} is not valid: use {{'type': 'text'}}, {{'type': 'json_object'}} "
-            "or {'type': 'json_schema', 'json_schema': {'name': ..., 'schema': {...}}}.", param="response_format")
-
-
-def invalid_text(value: Any, path: str) -> str | None:
-    """The path of the first string in `value` (keys included) that is not valid Unicode; None if all are.
-
-    JSON allows a lone surrogate escape (`"\\ud800"`); no tokenizer, grammar or UTF-8 encoder does.
-    """
-    pending = [(path, value)]
-    while pending:
-        where, item = pending.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return where
-        elif isinstance(item, dict):
-            for key, inner in item.items():
-                pending.append((where, key))
-                pending.append((f"{where}.{key}", inner))
-        elif isinstance(item, list | tuple):
-            pending.extend((f"{where}[{index}]", inner) for index, inner in enumerate(item))
-    return None
-
-
-def invalid_text_message(where: str) -> str:
-    """What a request with a lone surrogate at `where` is told (the library and the API say the same)."""
-    return (f"{where} is not valid Unicode: it holds a lone surrogate (such as \\ud800), which no model can read. "
-            "Send valid UTF-8 text.")
-
-
-def check_text(value: Any, param: str) -> None:
-    """Refuse text that is not valid Unicode (a lone surrogate), naming where it is."""
-    where = invalid_text(value, param)
-    if where is not None:
-        raise InvalidRequestError(invalid_text_message(where), param=where)
-
-
-def check_context(prompt_tokens: int, context_size: int, what: str = "prompt") -> None:
-    """Refuse a prompt that leaves no room to generate: never truncate it silently."""
-    if prompt_tokens >= context_size:
-        raise ContextLengthExceededError(
-            f"This model's context window is {context_size} tokens, but the {what} "
-            f"{'is' if what == 'prompt' else 'are'} {prompt_tokens} tokens, leaving no room for the answer. "
-            "Shorten the prompt or raise MODEL_CONTEXT_SIZE.",
-            param="prompt" if what == "prompt" else "messages")
-
-
-class StopMatcher:
-    """Finds stop sequences in streamed text, holding back a tail that may be the start of one."""
-
-    def __init__(self, stops: Iterable[str]) -> None:
-        self.stops = tuple(stops)
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Return (text safe to emit, whether a stop sequence was reached)."""
-        self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[: min(hits)], ""
-            return out, True
-        keep = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(self.pending)), keep, -1):
-                if self.pending.endswith(stop[:size]):
-                    keep = size
-                    break
-        cut = len(self.pending) - keep
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        """Text held back when generation ended without a stop sequence."""
-        out, self.pending = self.pending, ""
-        return out
-
-
-class TokenTextStream:
-    """Turns generated token ids into text deltas: UTF-8 safe, stop sequences, finish reasons."""
-
-    def __init__(
-        self,
-        detokenize: Callable[[int], bytes],
-        is_end: Callable[[int], bool],
-        params: GenerationParams,
-        prompt_tokens: int,
-        room: int,
-    ) -> None:
-        self.detokenize = detokenize
-        self.is_end = is_end
-        self.limit = params.token_limit(room)
-        self.prompt_tokens = prompt_tokens
-        self.stop = StopMatcher(params.stop)
-
-    def run(self, tokens: Iterator[int]) -> Iterator[Delta]:
-        """Consume `tokens` until a stop, the end token or the token limit; then close it."""
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        count, finish = 0, "length"
-        try:
-            for token in tokens:
-                if self.is_end(token):
-                    finish = "stop"
-                    break
-                count += 1
-                text, stopped = self.stop.feed(decoder.decode(self.detokenize(token)))
-                if text:
-                    yield Delta(text)
-                if stopped:
-                    finish = "stop"
-                    break
-                if count >= self.limit:
-                    break
-        finally:
-            close = getattr(tokens, "close", None)
-            if close is not None:
-                close()
-        tail = "" if finish == "stop" and not self.stop.pending else self.stop.flush() + decoder.decode(b"", True)
-        yield Delta(tail, finish, self.prompt_tokens, count, getattr(tokens, "cached_tokens", None))
 
 
 class Model(ABC):
@@ -322,7 +130,7 @@ class Model(ABC):
         **extra: Any,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """A `chat.completion` dict, or an iterator of `chat.completion.chunk` dicts when `stream=True`."""
-        _check_messages(messages)
+        check_messages(messages)
         check_text(messages, "messages")
         params = self._params(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
         deltas = self._tracked(lambda: self._chat(list(messages), params))
@@ -415,26 +223,6 @@ class Model(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook: remote models hold no memory
         """Free the model's memory; the default has nothing to free."""
-
-
-def _check_messages(messages: Any) -> None:
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequestError("messages must be a non-empty list of {'role', 'content'} dicts.",
-                                  param="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in {"system", "user", "assistant", "tool"}:
-            raise InvalidRequestError(
-                f"messages[{index}] is not valid: each message needs a role of system, user, assistant or "
-                "tool and a content string.", param=f"messages[{index}]")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a tier resolves to; tiers with the same `key` share one loaded model."""
-
-    key: str
-    name: str
-    origin: str
 
 
 class BaseModelManager(ABC):

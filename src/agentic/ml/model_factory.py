@@ -26,7 +26,7 @@ def create_model_manager(settings: Settings | None = None) -> BaseModelManager:
     """
     settings = settings if settings is not None else load_settings()
     if settings.fallback_backends:
-        from .fallback import FallbackManager
+        from .backends.fallback import FallbackManager
 
         return FallbackManager.build(settings, lambda each: manager_class(each.model_backend)(each))
     return manager_class(settings.model_backend)(settings)

@@ -5,22 +5,47 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .base import Delta
+from .generation import Delta
 
-__all__ = ["ResultShape", "answered_by"]
+__all__ = ["ResultDict", "ResultShape", "answered_by", "join_chunks"]
 
 FINGERPRINT_PREFIX = "agentic-"
 
 
+class ResultDict(dict[str, Any]):
+    """A completion, chat.completion or chunk dict (llama-cpp-python's shape) that also carries, as a typed
+    attribute, the backend that answered: a fallback's when one did."""
+
+    backend: str = ""
+
+
 def answered_by(result: dict[str, Any]) -> str | None:
-    """The backend that answered a result or chunk, from its system_fingerprint (None if it has none)."""
-    fingerprint = str(result.get("system_fingerprint") or "")
-    return fingerprint.removeprefix(FINGERPRINT_PREFIX) if fingerprint.startswith(FINGERPRINT_PREFIX) else None
+    """The backend that answered a result or chunk (None for a dict agentic did not shape)."""
+    return result.backend or None if isinstance(result, ResultDict) else None
+
+
+def join_chunks(chunks: Iterable[dict[str, Any]]) -> ResultDict:
+    """The whole completion / chat.completion that a stream's chunks spell out: the one way chunks become an answer
+    (the library's non-streamed calls and the API server's both use it)."""
+    head: dict[str, Any] = {}
+    text: list[str] = []
+    finish, usage, chat, backend = None, None, False, ""
+    for chunk in chunks:
+        head, backend = head or chunk, backend or (answered_by(chunk) or "")
+        choice = chunk["choices"][0] if chunk["choices"] else {}
+        chat = chat or "delta" in choice
+        text.append((choice.get("delta", {}).get("content") if chat else choice.get("text")) or "")
+        finish, usage = choice.get("finish_reason") or finish, chunk.get("usage") or usage
+    whole: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
+    whole.update({"message": {"role": "assistant", "content": "".join(text)}} if chat else {"text": "".join(text)})
+    result = ResultDict({**head, "object": "chat.completion" if chat else "text_completion", "choices": [whole],
+                         "usage": usage or _usage(None)})
+    result.backend = backend
+    return result
 
 
 @dataclass
@@ -38,10 +63,12 @@ class ResultShape:
         self.id = f"{self.prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
-    def _head(self, object_name: str) -> dict[str, Any]:
-        # system_fingerprint names the backend that answered (OpenAI: "the backend configuration").
-        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
-                "system_fingerprint": f"{FINGERPRINT_PREFIX}{self.backend}"}
+    def _chunk(self, object_name: str, choices: list[dict[str, Any]]) -> ResultDict:
+        # system_fingerprint names the backend configuration, as OpenAI's does; code reads `.backend`.
+        chunk = ResultDict(id=self.id, object=object_name, created=self.created, model=self.model,
+                           system_fingerprint=f"{FINGERPRINT_PREFIX}{self.backend}", choices=choices)
+        chunk.backend = self.backend
+        return chunk
 
     def _served(self, deltas: Iterator[Delta]) -> Generator[Delta, None, None]:
         """Take the answering backend and model from the first delta (set when a fallback answered)."""
@@ -58,34 +85,24 @@ class ResultShape:
             if close is not None:
                 close()  # a reader that stops early ends the generation now
 
-    def collect(self, deltas: Iterator[Delta], chat: bool) -> dict[str, Any]:
-        parts: list[str] = []
-        last = None
-        for delta in self._served(deltas):
-            parts.append(delta.text)
-            last = delta
-        text = "".join(parts)
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": last.finish_reason if last else None}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
-        return {**self._head(self.object), "choices": [choice], "usage": _usage(last)}
+    def collect(self, deltas: Iterator[Delta], chat: bool) -> ResultDict:
+        """The whole answer: the stream's chunks, joined."""
+        return join_chunks(self.stream(deltas, chat))
 
-    def stream(self, deltas: Iterator[Delta], chat: bool) -> Iterator[dict[str, Any]]:
+    def stream(self, deltas: Iterator[Delta], chat: bool) -> Iterator[ResultDict]:
         object_name = "chat.completion.chunk" if chat else "text_completion"
         served = self._served(deltas)
         try:
             first = next(served, None)  # names the answering model before the first chunk
             if chat:
-                yield {**self._head(object_name), "choices": [{"index": 0, "delta": {"role": "assistant"},
-                                                               "logprobs": None, "finish_reason": None}]}
+                yield self._chunk(object_name, [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
+                                                 "finish_reason": None}])
             for delta in itertools.chain([first] if first is not None else [], served):
                 if delta.text or delta.finish_reason:
                     body = {"content": delta.text} if delta.text else {}
                     choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": delta.finish_reason}
                     choice.update({"delta": body} if chat else {"text": delta.text})
-                    chunk = {**self._head(object_name), "choices": [choice]}
+                    chunk = self._chunk(object_name, [choice])
                     if delta.finish_reason is not None:
                         chunk["usage"] = _usage(delta)
                     yield chunk

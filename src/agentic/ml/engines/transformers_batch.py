@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ModelClosedError
+from ...errors import ModelClosedError
 
 __all__ = ["TransformersBatcher"]
 

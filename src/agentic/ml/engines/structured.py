@@ -11,7 +11,7 @@ import json
 import threading
 from typing import Any
 
-from ..errors import BackendNotInstalledError, InvalidRequestError
+from ...errors import BackendNotInstalledError, InvalidRequestError
 
 __all__ = ["JsonConstraint", "JsonGrammars"]
 

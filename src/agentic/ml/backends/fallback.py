@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ..config import Settings
-from ..errors import (
+from ...config import Settings
+from ...errors import (
     AgenticError,
     BackendNotInstalledError,
     ConfigError,
@@ -24,9 +24,9 @@ from ..errors import (
     RateLimitError,
     UpstreamError,
 )
-from ..registry import backend_class
-from .base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec
-from .tiers import Tier
+from ...registry import backend_class
+from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec
+from ..tiers import Tier
 
 __all__ = ["FAILOVER_ERRORS", "FallbackManager", "FallbackModel"]
 

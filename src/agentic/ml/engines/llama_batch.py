@@ -21,7 +21,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import AgenticError, EngineFailedError, ModelClosedError, ModelLoadError
+from ...errors import AgenticError, EngineFailedError, ModelClosedError, ModelLoadError
 from .grammar_sampler import Grammar
 from .prefix_cache import Placement, PrefixCache
 

@@ -6,7 +6,7 @@ import ctypes
 import time
 from typing import Any
 
-from ..errors import InvalidRequestError, SchemaTooComplexError
+from ...errors import InvalidRequestError, SchemaTooComplexError
 
 __all__ = ["Grammar"]
 

@@ -1,0 +1,309 @@
+"""llama.cpp backend (llama-cpp-python): local GGUF models, split files included.
+
+Heavy tier = MODEL_7B_PATH, light tier = MODEL_1B_PATH. When neither is set and the guide's default
+paths do not exist, the embedded Gemma 3 270M serves both tiers (loaded once, shared).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ... import checks
+from ...checks import Check
+from ...config import Settings, apply_gpu_environment, setting_sources
+from ...errors import (
+    BackendNotInstalledError,
+    InvalidRequestError,
+    ModelClosedError,
+    ModelFileNotFoundError,
+    ModelLoadError,
+)
+from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
+from ..chat_templates import ChatTemplate, fallback_template
+from ..default_model import EMBEDDED_LABEL, embedded_model_path
+from ..engines.llama_batch import BatchEngine, SamplingSpec
+from ..gguf import check_gguf, gguf_footprint_mb
+from ..tiers import Tier
+
+__all__ = ["LlamaCppModel", "ModelManager", "resolve_gguf_path"]
+
+_log = logging.getLogger(__name__)
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise BackendNotInstalledError(
+            "llama_cpp module not found: the llama_cpp backend needs llama-cpp-python. "
+            "Install it with: pip install llama-cpp-python"
+        ) from None
+    return llama_cpp
+
+
+_PATH_SETTINGS: dict[Tier, str] = {"heavy": "model_7b_path", "light": "model_1b_path"}  # the guide's names
+_STRING_CHAR = r'char ::= [^"\\] |'
+_SPACE_RULE = 'space ::= " "?'
+# llama.cpp's own converter lets JSON break lines and indent, as models write it; a single optional space
+# pushed small models into `{ "name"...` on one line, and some of them never closed a string.
+_JSON_SPACE_RULE = r'space ::= | " " | "\n"{1,2} [ \t]{0,20}'
+_JSON_STRING_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+def _ranges_as_enums(schema: Any) -> Any:
+    """llama.cpp's schema converter ignores integer minimum/maximum: spell a small range out as an enum."""
+    if isinstance(schema, list):
+        return [_ranges_as_enums(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _ranges_as_enums(value) for key, value in schema.items()}
+    low, high = out.get("minimum"), out.get("maximum")
+    if (out.get("type") == "integer" and "enum" not in out and isinstance(low, int) and isinstance(high, int)
+            and 0 <= high - low <= 1000):
+        out["enum"] = list(range(low, high + 1))
+    return out
+
+
+def resolve_gguf_path(settings: Settings, field: str) -> ModelSpec:
+    """The GGUF file a tier uses: the configured path, or the embedded model when none is set."""
+    path: Path = getattr(settings, field)
+    variable = Settings.env_name(field)
+    if path.is_file():
+        return ModelSpec(str(path.resolve()), path.name, variable)
+    if setting_sources(settings)[field] != "default":
+        raise ModelFileNotFoundError(
+            f"Model file not found: {variable}={path} does not exist"
+            f" (looked in {path.expanduser().absolute()}). Check paths exist:\n  ls {path.parent}/\n"
+            f"Fix {variable} in .env, or unset it to use the embedded default model.",
+            param=variable,
+        )
+    embedded = embedded_model_path(settings.model_cache_dir)
+    _log.info("%s is not set and %s does not exist: using the embedded default model %s", variable, path, embedded)
+    return ModelSpec(str(embedded), embedded.name, "embedded default")
+
+
+def _tier_paths(settings: Settings) -> list[Path]:
+    """Each tier's GGUF file as configured; the embedded model's where the setting is unset and its default missing."""
+    sources, paths = setting_sources(settings), []
+    for field in _PATH_SETTINGS.values():
+        path = getattr(settings, field)
+        unset = sources[field] == "default" and not path.is_file()
+        paths.append(embedded_model_path(settings.model_cache_dir) if unset else path)
+    return paths
+
+
+def _gpu_build_check(settings: Settings) -> Check:
+    """MODEL_GPU_LAYERS on a machine with a GPU needs a GPU build of llama-cpp-python (else it is silently unused)."""
+    gpu_build = bool(_import_llama_cpp().llama_supports_gpu_offload())
+    if settings.model_gpu_layers == 0:
+        return Check("GPU offload", True, "MODEL_GPU_LAYERS=0: CPU only")
+    if checks.gpu_visible() and not gpu_build:
+        return Check("GPU offload", False,
+                     f"a GPU is visible and MODEL_GPU_LAYERS={settings.model_gpu_layers}, but this llama-cpp-python "
+                     "was built without GPU support: the GPU is silently unused",
+                     'CMAKE_ARGS="-DGGML_CUDA=on" pip install llama-cpp-python --force-reinstall --no-cache-dir')
+    if not checks.gpu_visible():
+        return Check("GPU offload", True, f"no GPU visible: MODEL_GPU_LAYERS={settings.model_gpu_layers} is ignored")
+    return Check("GPU offload", True, f"GPU build, {settings.model_gpu_layers} layers offloaded")
+
+
+class LlamaCppModel(Model):
+    """One GGUF model loaded by llama.cpp."""
+
+    backend = "llama_cpp"
+
+    def __init__(self, path: Path, settings: Settings) -> None:
+        llama_cpp = _import_llama_cpp()
+        self._llama_cpp = llama_cpp
+        gpu_layers = settings.model_gpu_layers
+        if gpu_layers != 0 and not llama_cpp.llama_supports_gpu_offload():
+            _log.info("MODEL_GPU_LAYERS=%s ignored: this llama-cpp-python build has no GPU support "
+                      "(reinstall with CMAKE_ARGS=\"-DGGML_CUDA=on\" to use the GPU)", gpu_layers)
+            gpu_layers = 0
+        batched = settings.model_parallel > 1
+        try:
+            # With the batching engine, Llama's own context only tokenizes: keep it small.
+            self.llama = llama_cpp.Llama(
+                model_path=str(path), n_ctx=256 if batched else settings.model_context_size,
+                n_threads=settings.threads, n_threads_batch=settings.threads, n_gpu_layers=gpu_layers, verbose=False,
+            )
+            self.engine = BatchEngine(self.llama, settings.model_parallel, settings.model_context_size,
+                                      settings.threads, prefix_cache=settings.model_prefix_cache,
+                                      flash_attention=settings.model_flash_attention) if batched else None
+
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"llama.cpp could not load {path}: {exc}. If memory ran out, reduce MODEL_GPU_LAYERS "
+                "(e.g. MODEL_GPU_LAYERS=20 instead of 30) or MODEL_CONTEXT_SIZE (e.g. 2048); if the file "
+                "is damaged or not GGUF, download it again."
+            ) from None
+        super().__init__(path.name, self.engine.context_per_slot if self.engine else self.llama.n_ctx())
+        if self.engine is not None:  # the engine batches concurrent calls itself
+            self.concurrent, self.parallel = True, self.engine.slots
+        self.gpu_layers = gpu_layers
+        self.grammar_budget = settings.model_grammar_time_budget
+        self.template = self._chat_template()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the batching worker runs (always, without one)."""
+        return self.engine.alive if self.engine else True
+
+    @property
+    def restarts(self) -> int:
+        """Times the batching worker failed and started over."""
+        return self.engine.restarts if self.engine else 0
+
+    @property
+    def threads(self) -> int:
+        """Threads the loaded context really uses."""
+        return self.engine.threads if self.engine else int(self.llama.context_params.n_threads)
+
+    def _chat_template(self) -> ChatTemplate:
+        model = self.llama._model
+        bos = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
+        eos = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
+        source = self.llama.metadata.get("tokenizer.chat_template")
+        if source:
+            return ChatTemplate(source, bos, eos, (), self.name)
+        architecture = self.llama.metadata.get("general.architecture", "")
+        template = fallback_template(architecture, bos, eos)
+        _log.info("%s has no chat template: using the %s format", self.name, template.name)
+        return template
+
+    def _complete(self, prompt: str, params: GenerationParams) -> Iterator[Delta]:
+        tokens = self.llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        return self._generate(tokens, params, "prompt")
+
+    def _chat(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
+        model = self.llama._model
+        bos = [model.token_bos()] if model.token_bos() >= 0 and model.add_bos_token() else []
+        tokens = self.template.tokenize(messages, self._tokenize, bos)
+        return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages")
+
+    def _generate(self, tokens: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:
+        check_context(len(tokens), self.context_size, what)
+        if self.engine is not None:
+            return self._text(self._batched(tokens, params), tokens, params)
+        if params.seed is not None:
+            # Reusing a cached prompt prefix changes the logits in the last bits; a seed promises the same text.
+            self.llama.reset()
+        self.llama.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
+        generated = self.llama.generate(
+            tokens, top_k=40, top_p=params.top_p, min_p=0.05, temp=params.temperature, repeat_penalty=1.0,
+            grammar=self._grammar(params),
+        )
+        return self._text(generated, tokens, params)
+
+    def _batched(self, tokens: list[int], params: GenerationParams) -> Iterator[int]:
+        assert self.engine is not None
+        gbnf = self._gbnf(params)
+        grammar = self.engine.compile_grammar(gbnf, "root", self.grammar_budget) if gbnf is not None else None
+        sampling = SamplingSpec(params.temperature, params.top_p, params.seed)
+        room = self.context_size - len(tokens)
+        return self.engine.generate(tokens, params.token_limit(room), sampling, grammar)
+
+    def _text(self, generated: Iterator[int], tokens: list[int], params: GenerationParams) -> Iterator[Delta]:
+        vocab = self.llama._model.vocab
+        stream = TokenTextStream(
+            detokenize=lambda token: self.llama.detokenize([token]),
+            is_end=lambda token: bool(self._llama_cpp.llama_vocab_is_eog(vocab, token)),
+            params=params, prompt_tokens=len(tokens), room=self.context_size - len(tokens),
+        )
+        return stream.run(generated)
+
+    def _grammar(self, params: GenerationParams) -> Any:
+        """llama-cpp-python's grammar object for response_format (the unbatched path), or None."""
+        gbnf = self._gbnf(params)
+        return None if gbnf is None else self._llama_cpp.llama_grammar.LlamaGrammar.from_string(gbnf, verbose=False)
+
+    def _gbnf(self, params: GenerationParams) -> str | None:
+        """The GBNF grammar of response_format: any JSON object, or JSON following a schema (None: free text).
+
+        The schema was checked against MODEL_SCHEMA_* already; the grammar text is checked against
+        MODEL_GRAMMAR_MAX_BYTES before llama.cpp's native parser sees it.
+        """
+        schema = params.json_schema
+        if schema is None:
+            return None
+        grammar_module = self._llama_cpp.llama_grammar
+        if not schema:
+            return str(grammar_module.JSON_GBNF)
+        try:
+            gbnf = grammar_module.json_schema_to_gbnf(json.dumps(_ranges_as_enums(schema)))
+        except (AssertionError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # the converter asserts
+            raise InvalidRequestError(f"response_format's JSON schema cannot be enforced by llama.cpp: {exc}",
+                                      param="response_format") from None
+        # The converter lets raw control characters (a newline) into strings, which JSON forbids.
+        gbnf = gbnf.replace(_STRING_CHAR, _JSON_STRING_CHAR).replace(_SPACE_RULE, _JSON_SPACE_RULE)
+        self.schema_limits.check_grammar(gbnf)
+        return gbnf
+
+    def _tokenize(self, text: str, special: bool) -> list[int]:
+        """Token ids of `text` (no BOS); `special`: whether control-token text becomes control tokens."""
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes as a prompt (BOS included)."""
+        if self.closed:
+            raise ModelClosedError()
+        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def close(self) -> None:
+        """Stop the engine; free the weights and the contexts."""
+        if self.engine is not None:
+            self.engine.close()
+        self.llama.close()
+
+
+class ModelManager(BaseModelManager):
+    """llama.cpp models: heavy = MODEL_7B_PATH, light = MODEL_1B_PATH; thread-safe through the lock."""
+
+    backend = "llama_cpp"
+    tier_settings = ("MODEL_7B_PATH", "MODEL_1B_PATH")
+
+    @classmethod
+    def tier_labels(cls, settings: Settings) -> tuple[str, str]:
+        """The configured GGUF paths, or the embedded model where none is set."""
+        sources = setting_sources(settings)
+        labels = []
+        for field in _PATH_SETTINGS.values():
+            path = getattr(settings, field)
+            labels.append(EMBEDDED_LABEL if sources[field] == "default" and not path.is_file() else str(path))
+        return labels[0], labels[1]
+
+    @classmethod
+    def preflight(cls, settings: Settings) -> list[Check]:
+        """Each tier's GGUF file whole, memory for both models, and a GPU build when a GPU is there."""
+        paths = _tier_paths(settings)
+        variables = [Settings.env_name(field) for field in _PATH_SETTINGS.values()]
+        found = [check_gguf(variable, path) for variable, path in zip(variables, paths, strict=True)]
+        unique = {path.resolve() for path, check in zip(paths, found, strict=True) if check.ok}
+        available = checks.available_memory_bytes()
+        if available is not None and unique:
+            kv_tokens = settings.model_parallel * settings.model_context_size
+            needed = sum(gguf_footprint_mb(_import_llama_cpp(), path, kv_tokens) for path in unique) * 2**20
+            found.append(Check("memory", needed < available,
+                               f"models need about {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available",
+                               "use smaller quantizations, point both tiers at one file, or lower MODEL_PARALLEL / "
+                               "MODEL_CONTEXT_SIZE"))
+        return [*found, _gpu_build_check(settings)]
+
+    def _resolve(self, tier: Tier) -> ModelSpec:
+        return resolve_gguf_path(self.settings, _PATH_SETTINGS[tier])
+
+    def footprint_mb(self, spec: ModelSpec) -> float:
+        """Weights + the KV cache of MODEL_PARALLEL x MODEL_CONTEXT_SIZE tokens (+ a tenth), from the GGUF header."""
+        kv_tokens = self.settings.model_parallel * self.settings.model_context_size
+        return gguf_footprint_mb(_import_llama_cpp(), Path(spec.key), kv_tokens)
+
+    def _load(self, spec: ModelSpec) -> Model:
+        apply_gpu_environment(self.settings)
+        _log.info("Loading %s (%s) with llama.cpp", spec.key, spec.origin)
+        return LlamaCppModel(Path(spec.key), self.settings)
