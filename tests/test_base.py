@@ -6,6 +6,7 @@ import pytest
 
 from agentic.errors import ContextLengthExceededError, InvalidRequestError
 from agentic.ml.base import GenerationParams, StopMatcher, TokenTextStream, check_context
+from agentic.ml.generation import GenerationRequest
 
 
 @pytest.mark.parametrize(
@@ -44,8 +45,8 @@ def test_stop_matcher_releases_false_alarm() -> None:
 
 def test_token_stream_decodes_split_utf8_and_counts() -> None:
     pieces = {1: b"caf", 2: b"\xc3", 3: b"\xa9!", 9: b""}
-    params = GenerationParams.build(10, 0.0, 1.0, None, None)
-    stream = TokenTextStream(pieces.__getitem__, lambda token: token == 9, params, prompt_tokens=4, room=100)
+    request = GenerationRequest.resolve([0] * 4, GenerationParams.build(10, 0.0, 1.0, None, None), context_size=104)
+    stream = TokenTextStream(pieces.__getitem__, lambda token: token == 9, request)
     deltas = list(stream.run(iter([1, 2, 3, 9])))
     assert "".join(d.text for d in deltas) == "café!"
     assert "\ufffd" not in "".join(d.text for d in deltas)
@@ -53,8 +54,8 @@ def test_token_stream_decodes_split_utf8_and_counts() -> None:
 
 
 def test_token_stream_stops_at_max_tokens_and_room() -> None:
-    params = GenerationParams.build(5, 0.0, 1.0, None, None)
-    stream = TokenTextStream(lambda token: b"a", lambda token: False, params, prompt_tokens=1, room=3)
+    request = GenerationRequest.resolve([0], GenerationParams.build(5, 0.0, 1.0, None, None), context_size=4)
+    stream = TokenTextStream(lambda token: b"a", lambda token: False, request)
     deltas = list(stream.run(iter(range(100))))
     assert deltas[-1].finish_reason == "length"
     assert deltas[-1].completion_tokens == 3

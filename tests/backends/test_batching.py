@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agentic.ml.engines.llama_batch import SamplingSpec
+from agentic.ml.generation import GenerationRequest, SamplingSpec
 from agentic.ml.model_manager import LlamaCppModel, ModelManager
 from conftest import assert_greedy_up_to_a_tie, make_settings
 
@@ -59,7 +59,7 @@ def test_one_sequence_at_a_time_equals_raw_llama(model: LlamaCppModel, reference
     assert model.engine is not None
     for prompt in PROMPTS[:4]:
         tokens = _tokens(model, prompt)
-        ours = list(model.engine.generate(tokens, 24, SamplingSpec(0.0, 0.95)))
+        ours = list(model.engine.generate(GenerationRequest(tokens, 24, SamplingSpec(0.0, 0.95))))
         reference.reset()
         theirs = []
         for token in reference.generate(tokens, temp=0, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0):
@@ -72,7 +72,8 @@ def test_one_sequence_at_a_time_equals_raw_llama(model: LlamaCppModel, reference
 def test_batched_greedy_differs_from_sequential_only_at_ties(model: LlamaCppModel, reference: Any) -> None:
     assert model.engine is not None
     engine = model.engine
-    outputs = _concurrently(lambda p: list(engine.generate(_tokens(model, p), 32, SamplingSpec(0.0, 0.95))), PROMPTS)
+    greedy = SamplingSpec(0.0, 0.95)
+    outputs = _concurrently(lambda p: list(engine.generate(GenerationRequest(_tokens(model, p), 32, greedy))), PROMPTS)
     for prompt, generated in zip(PROMPTS, outputs, strict=True):
         assert len(generated) == 32
         assert_greedy_up_to_a_tie(reference, _tokens(model, prompt), generated)
@@ -96,7 +97,8 @@ def test_closing_a_stream_frees_its_slot(gemma_path: Path) -> None:
     model, _ = manager.get(heavy=True)
     assert isinstance(model, LlamaCppModel) and model.engine is not None
     engine = model.engine
-    long_runs = [engine.generate(_tokens(model, "Once upon a time"), 400, SamplingSpec(0.8, 0.95)) for _ in range(2)]
+    story = GenerationRequest(_tokens(model, "Once upon a time"), 400, SamplingSpec(0.8, 0.95))
+    long_runs = [engine.generate(story) for _ in range(2)]
     for run in long_runs:
         next(run)
     assert engine.active == 2
@@ -133,4 +135,4 @@ def test_engine_close_is_idempotent_and_refuses_new_work(gemma_path: Path) -> No
     engine.close()
     engine.close()
     with pytest.raises(ModelClosedError, match=r"manager\.get\(\) again"):
-        engine.generate([1, 2, 3], 4, SamplingSpec(0.0, 1.0))
+        engine.generate(GenerationRequest([1, 2, 3], 4, SamplingSpec(0.0, 1.0)))

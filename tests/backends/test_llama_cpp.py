@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agentic.errors import ContextLengthExceededError, ModelFileNotFoundError, ModelLoadError
+from agentic.errors import ContextLengthExceededError, InvalidRequestError, ModelFileNotFoundError, ModelLoadError
 from agentic.ml.model_factory import create_model_manager
 from agentic.ml.model_manager import LlamaCppModel, ModelManager
 from conftest import make_settings
@@ -192,9 +192,12 @@ def test_prompt_over_context_is_an_error_not_truncated(gemma_path: Path) -> None
 def test_max_tokens_is_capped_by_the_context(gemma_path: Path) -> None:
     manager = ModelManager(make_settings(model_7b_path=gemma_path, model_context_size=256))
     model, _ = manager.get(heavy=True)
-    result = model(prompt=PROMPT, max_tokens=500, temperature=0)
-    assert result["usage"]["total_tokens"] == model.context_size < 500
+    result = model(prompt=PROMPT, max_tokens=255, temperature=0)
+    assert result["usage"]["total_tokens"] == model.context_size < result["usage"]["prompt_tokens"] + 255
     assert result["choices"][0]["finish_reason"] == "length"
+    with pytest.raises(InvalidRequestError) as caught:  # larger than the whole window: refused, as by the API
+        model(prompt=PROMPT, max_tokens=500)
+    assert caught.value.param == "max_tokens" and "context window of 256 tokens" in caught.value.message
     manager.close()
 
 

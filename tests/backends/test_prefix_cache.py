@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from agentic.ml.engines.llama_batch import SamplingSpec
 from agentic.ml.engines.prefix_cache import PrefixCache, common_prefix
+from agentic.ml.generation import GenerationRequest, SamplingSpec
 from agentic.ml.model_manager import LlamaCppModel, ModelManager
 from conftest import assert_greedy_up_to_a_tie, make_settings
 
@@ -48,7 +48,7 @@ def _greedy(model: LlamaCppModel, idea: str) -> tuple[list[int], list[int], int]
     """(prompt ids, 24 greedy ids, prompt tokens reused) straight from the engine."""
     assert model.engine is not None
     prompt = model.llama.tokenize(f"{INSTRUCTIONS}\nIdea: {idea}\nVerdict:".encode(), add_bos=True, special=True)
-    generation = model.engine.generate(prompt, 24, SamplingSpec(0.0, 1.0))
+    generation = model.engine.generate(GenerationRequest(prompt, 24, SamplingSpec(0.0, 1.0)))
     return prompt, list(generation), generation.cached_tokens
 
 

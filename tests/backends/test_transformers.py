@@ -170,9 +170,10 @@ def test_batcher_close_is_idempotent_and_refuses_new_work() -> None:
     """As the llama.cpp engine does: after close, no worker would answer, so generate refuses at once."""
     from agentic.errors import ModelClosedError
     from agentic.ml.engines.transformers_batch import TransformersBatcher
+    from agentic.ml.generation import GenerationRequest, SamplingSpec
 
     batcher = TransformersBatcher(lambda **inputs: None, "cpu", 0, {1}, lambda *args: 1, slots=2)
     batcher.close()
     batcher.close()
     with pytest.raises(ModelClosedError, match="closed"):
-        batcher.generate([1, 2, 3], 4, 0.0, 1.0, None)
+        batcher.generate(GenerationRequest([1, 2, 3], 4, SamplingSpec(0.0, 1.0)))

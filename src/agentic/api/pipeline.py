@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..errors import AgenticError, EngineFailedError, InvalidRequestError
+from ..errors import AgenticError, EngineFailedError
 from ..ml.base import Model
 from ..ml.shapes import answered_by, join_chunks
 from ..ml.tiers import Tier
@@ -40,7 +40,6 @@ class Inference:
     model_id: str  # the request's `model`: a tier name or a tier's model name
     call: ModelCall
     prompt_text: str  # logged only with API_LOG_PROMPTS
-    max_tokens: int | None = None
     stream: bool = False
     include_usage: bool = False
 
@@ -82,13 +81,6 @@ class RequestContext:
                   usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), elapsed * 1000)
 
 
-def _check_max_tokens(model: Model, max_tokens: int | None) -> None:
-    if max_tokens is not None and model.context_size and max_tokens > model.context_size:
-        raise InvalidRequestError(
-            f"max_tokens={max_tokens} is larger than the model's context window of {model.context_size} tokens. "
-            "Lower max_tokens (or raise MODEL_CONTEXT_SIZE).", param="max_tokens")
-
-
 def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
@@ -104,7 +96,6 @@ async def answer(state: ServerState, inference: Inference, request: Request) -> 
         await context.gate.acquire()
         acquired = True
         model = await state.model(context.tier)
-        _check_max_tokens(model, inference.max_tokens)
         if not inference.stream:
             if model.streams_usage:  # generated as a stream, so a client that hangs up stops it within a token
                 chunks = iterate_in_thread(lambda: inference.call(model, True))

@@ -48,7 +48,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         return model.create_chat_completion(messages=messages, stream=stream, **options)
 
     return await answer(server_of(request).current, Inference(
-        "chat", body.model, call, json.dumps(messages, ensure_ascii=False), options["max_tokens"], body.stream,
+        "chat", body.model, call, json.dumps(messages, ensure_ascii=False), body.stream,
         bool(body.stream_options and body.stream_options.include_usage)), request)
 
 
@@ -63,7 +63,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         return model.create_completion(prompts[0], stream=stream, **options)
 
     return await answer(server_of(request).current, Inference(
-        "completions", body.model, call, prompts[0], body.max_tokens, body.stream,
+        "completions", body.model, call, prompts[0], body.stream,
         bool(body.stream_options and body.stream_options.include_usage)), request)
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 from ..errors import ServerBusyError
+from ..ml.generation import close_iterator
 
 __all__ = ["ModelGate", "iterate_in_thread"]
 
@@ -64,9 +65,7 @@ async def iterate_in_thread(start: Callable[[], Iterator[T]]) -> AsyncIterator[T
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, item)
             finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()
+                close_iterator(iterator)
         except BaseException as exc:  # noqa: BLE001 - handed to the event loop and raised there
             loop.call_soon_threadsafe(queue.put_nowait, exc)
         finally:

@@ -28,9 +28,12 @@ from .engines.token_text import StopMatcher, TokenTextStream
 from .generation import (
     Delta,
     GenerationParams,
+    GenerationRequest,
     Message,
     ModelSpec,
+    SamplingSpec,
     check_context,
+    check_max_tokens,
     check_messages,
     check_text,
     invalid_text,
@@ -46,9 +49,11 @@ __all__ = [
     "BaseModelManager",
     "Delta",
     "GenerationParams",
+    "GenerationRequest",
     "Message",
     "Model",
     "ModelSpec",
+    "SamplingSpec",
     "StopMatcher",
     "TokenTextStream",
     "check_context",
@@ -140,6 +145,7 @@ class Model(ABC):
     def _params(self, *args: Any, **kwargs: Any) -> GenerationParams:
         """GenerationParams.build, then the checks every backend shares: valid text, schema within limits."""
         params = GenerationParams.build(*args, **kwargs)
+        check_max_tokens(params.max_tokens, self.context_size)  # the library refuses it as the API does
         check_text(params.stop, "stop")
         check_text(params.response_format, "response_format")
         self.schema_limits.check(params.json_schema)

@@ -1,8 +1,10 @@
 """What one generation asks for and gives back, shared by every backend and engine.
 
-`GenerationParams` (the sampling arguments, checked once), `Delta` (a piece of the answer), `Message`,
-`ModelSpec` (what a tier resolves to), and the input checks every entry point applies: text that is
-valid Unicode, a prompt that leaves room in the context, well-formed messages and response_format.
+`GenerationParams` (the sampling arguments, checked once), `GenerationRequest` (the token budget and
+sampling resolved after tokenizing, what both local engines take), `Delta` (a piece of the answer),
+`Message`, `ModelSpec` (what a tier resolves to), and the input checks every entry point applies: text
+that is valid Unicode, max_tokens within the window, a prompt that leaves room, well-formed messages and
+response_format.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from ..errors import ContextLengthExceededError, InvalidRequestError
 __all__ = [
     "Delta",
     "GenerationParams",
+    "GenerationRequest",
     "Message",
     "ModelSpec",
+    "SamplingSpec",
     "check_context",
+    "check_max_tokens",
     "check_messages",
+    "close_iterator",
     "check_text",
     "invalid_text",
     "invalid_text_message",
@@ -39,10 +45,6 @@ class GenerationParams:
     seed: int | None = None
     stream: bool = False
     response_format: dict[str, Any] | None = None
-
-    def token_limit(self, room: int) -> int:
-        """Most tokens to generate: max_tokens, capped by the room left in the context."""
-        return min(self.max_tokens or room, room)
 
     @property
     def json_schema(self) -> dict[str, Any] | None:
@@ -148,6 +150,56 @@ def check_text(value: Any, param: str) -> None:
     where = invalid_text(value, param)
     if where is not None:
         raise InvalidRequestError(invalid_text_message(where), param=where)
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How one generation picks its tokens (llama.cpp's defaults for what the API does not set)."""
+
+    temperature: float
+    top_p: float
+    seed: int | None = None
+    top_k: int = 40
+    min_p: float = 0.05
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation as a local engine takes it, resolved once after tokenizing (`resolve`)."""
+
+    prompt: list[int]
+    limit: int  # most tokens to generate
+    sampling: SamplingSpec
+
+    @classmethod
+    def resolve(cls, prompt: list[int], params: GenerationParams, context_size: int,
+                what: str = "prompt") -> GenerationRequest:
+        """The generation budget, the one place it is worked out.
+
+        A prompt that leaves no room is refused (never truncated); max_tokens is then capped by the room
+        the prompt leaves, and the answer ends with finish_reason "length" when it runs out. (max_tokens
+        larger than the whole window was refused before tokenizing: `check_max_tokens`.)
+        """
+        check_context(len(prompt), context_size, what)
+        room = context_size - len(prompt)
+        sampling = SamplingSpec(params.temperature, params.top_p, params.seed)
+        return cls(list(prompt), min(params.max_tokens or room, room), sampling)
+
+
+def close_iterator(iterator: object) -> None:
+    """Close `iterator` if it can be closed (a generator, a TokenChannel): how a reader that stops early (a
+    stop sequence, a client hang-up) ends the generation beneath it, layer by layer, down to the engine."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
+def check_max_tokens(max_tokens: int | None, context_size: int) -> None:
+    """Refuse max_tokens larger than the model's whole context window (0: the backend does not say)."""
+    if max_tokens is not None and context_size and max_tokens > context_size:
+        raise InvalidRequestError(
+            f"max_tokens={max_tokens} is larger than the model's context window of {context_size} tokens. "
+            "Lower max_tokens (or raise MODEL_CONTEXT_SIZE).", param="max_tokens")
 
 
 def check_context(prompt_tokens: int, context_size: int, what: str = "prompt") -> None:

@@ -9,7 +9,7 @@ from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .generation import Delta
+from .generation import Delta, close_iterator
 
 __all__ = ["ResultDict", "ResultShape", "answered_by", "join_chunks"]
 
@@ -81,9 +81,7 @@ class ResultShape:
             yield first
             yield from deltas
         finally:
-            close = getattr(deltas, "close", None)
-            if close is not None:
-                close()  # a reader that stops early ends the generation now
+            close_iterator(deltas)  # a reader that stops early ends the generation now
 
     def collect(self, deltas: Iterator[Delta], chat: bool) -> ResultDict:
         """The whole answer: the stream's chunks, joined."""

@@ -17,11 +17,11 @@ from agentic.ml.base import (
     BaseModelManager,
     Delta,
     GenerationParams,
+    GenerationRequest,
     Message,
     Model,
     ModelSpec,
     TokenTextStream,
-    check_context,
 )
 from agentic.ml.tiers import Tier
 
@@ -49,9 +49,8 @@ class EchoModel(Model):
 
     def _generate(self, words: list[str], params: GenerationParams) -> Iterator[Delta]:
         words = words or ["echo"]
-        check_context(len(words), self.context_size)
-        stream = TokenTextStream(lambda token: f" {words[token]}".encode(), lambda token: False, params,
-                                 len(words), self.context_size - len(words))
+        request = GenerationRequest.resolve(list(range(len(words))), params, self.context_size)
+        stream = TokenTextStream(lambda token: f" {words[token]}".encode(), lambda token: False, request, params.stop)
         chooser = random.Random(params.seed)
 
         def tokens() -> Iterator[int]:

@@ -26,6 +26,7 @@ from ...errors import (
 )
 from ...registry import backend_class
 from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec
+from ..generation import close_iterator
 from ..tiers import Tier
 
 __all__ = ["FAILOVER_ERRORS", "FallbackManager", "FallbackModel"]
@@ -87,9 +88,7 @@ def _tag(deltas: Iterator[Delta], served_by: tuple[str, str]) -> Iterator[Delta]
                 delta.served_by, first = served_by, False
             yield delta
     finally:
-        close = getattr(deltas, "close", None)
-        if close is not None:
-            close()
+        close_iterator(deltas)
 
 
 class FallbackManager(BaseModelManager):

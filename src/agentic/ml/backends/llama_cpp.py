@@ -24,10 +24,11 @@ from ...errors import (
     ModelFileNotFoundError,
     ModelLoadError,
 )
-from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
+from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream
 from ..chat_templates import ChatTemplate, fallback_template
 from ..default_model import EMBEDDED_LABEL, embedded_model_path
-from ..engines.llama_batch import BatchEngine, SamplingSpec
+from ..engines.llama_batch import BatchEngine
+from ..generation import GenerationRequest
 from ..gguf import check_gguf, gguf_footprint_mb
 from ..tiers import Tier
 
@@ -188,34 +189,31 @@ class LlamaCppModel(Model):
         return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages")
 
     def _generate(self, tokens: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:
-        check_context(len(tokens), self.context_size, what)
+        request = GenerationRequest.resolve(tokens, params, self.context_size, what)
         if self.engine is not None:
-            return self._text(self._batched(tokens, params), tokens, params)
-        if params.seed is not None:
+            return self._text(self._batched(request, params), request, params)
+        sampling = request.sampling
+        if sampling.seed is not None:
             # Reusing a cached prompt prefix changes the logits in the last bits; a seed promises the same text.
             self.llama.reset()
-        self.llama.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
+        self.llama.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
         generated = self.llama.generate(
-            tokens, top_k=40, top_p=params.top_p, min_p=0.05, temp=params.temperature, repeat_penalty=1.0,
-            grammar=self._grammar(params),
+            request.prompt, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
+            temp=sampling.temperature, repeat_penalty=1.0, grammar=self._grammar(params),
         )
-        return self._text(generated, tokens, params)
+        return self._text(generated, request, params)
 
-    def _batched(self, tokens: list[int], params: GenerationParams) -> Iterator[int]:
+    def _batched(self, request: GenerationRequest, params: GenerationParams) -> Iterator[int]:
         assert self.engine is not None
         gbnf = self._gbnf(params)
         grammar = self.engine.compile_grammar(gbnf, "root", self.grammar_budget) if gbnf is not None else None
-        sampling = SamplingSpec(params.temperature, params.top_p, params.seed)
-        room = self.context_size - len(tokens)
-        return self.engine.generate(tokens, params.token_limit(room), sampling, grammar)
+        return self.engine.generate(request, grammar)
 
-    def _text(self, generated: Iterator[int], tokens: list[int], params: GenerationParams) -> Iterator[Delta]:
+    def _text(self, generated: Iterator[int], request: GenerationRequest, params: GenerationParams) -> Iterator[Delta]:
         vocab = self.llama._model.vocab
-        stream = TokenTextStream(
-            detokenize=lambda token: self.llama.detokenize([token]),
-            is_end=lambda token: bool(self._llama_cpp.llama_vocab_is_eog(vocab, token)),
-            params=params, prompt_tokens=len(tokens), room=self.context_size - len(tokens),
-        )
+        is_end = self._llama_cpp.llama_vocab_is_eog
+        stream = TokenTextStream(lambda token: self.llama.detokenize([token]),
+                                 lambda token: bool(is_end(vocab, token)), request, params.stop)
         return stream.run(generated)
 
     def _grammar(self, params: GenerationParams) -> Any:

@@ -17,11 +17,12 @@ from typing import Any
 from ...checks import Check
 from ...config import Settings, apply_gpu_environment
 from ...errors import BackendNotInstalledError, ModelNotAvailableError, OutOfMemoryError
-from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream, check_context
+from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream
 from ..chat_templates import ChatTemplate, fallback_template
 from ..default_model import EMBEDDED_LABEL, cache_dir_error, embedded_model_path
 from ..engines.structured import JsonConstraint, JsonGrammars
 from ..engines.transformers_batch import TransformersBatcher
+from ..generation import GenerationRequest
 from ..tiers import Tier
 
 __all__ = ["GPUModelManager", "TransformersModel"]
@@ -122,18 +123,14 @@ class TransformersModel(Model):
         return self._grammars.constraint(schema)
 
     def _generate(self, ids: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:
-        check_context(len(ids), self.context_size, what)
+        request = GenerationRequest.resolve(ids, params, self.context_size, what)
         constraint = self._constraint(params)
-        room = self.context_size - len(ids)
-        stream = TokenTextStream(
-            detokenize=_IncrementalText(self.tokenizer), is_end=self.end_tokens.__contains__,
-            params=params, prompt_tokens=len(ids), room=room,
-        )
+        stream = TokenTextStream(_IncrementalText(self.tokenizer), self.end_tokens.__contains__, request, params.stop)
+        tokens: Iterator[int]  # a TokenChannel from the batcher, or this thread's own loop
         if self.batcher is not None:
-            tokens = self.batcher.generate(ids, params.token_limit(room), params.temperature, params.top_p,
-                                           params.seed, constraint)
+            tokens = self.batcher.generate(request, constraint)
         else:
-            tokens = self._tokens(ids, params, constraint)
+            tokens = self._tokens(request, constraint)
         return stream.run(self._out_of_memory_guard(tokens))
 
     def _out_of_memory_guard(self, tokens: Iterator[int]) -> Iterator[int]:
@@ -142,11 +139,11 @@ class TransformersModel(Model):
         except self._torch.cuda.OutOfMemoryError:
             raise OutOfMemoryError(OOM_HELP.format(what="generating")) from None
 
-    def _tokens(self, ids: list[int], params: GenerationParams, constraint: JsonConstraint | None) -> Iterator[int]:
-        torch = self._torch
+    def _tokens(self, request: GenerationRequest, constraint: JsonConstraint | None) -> Iterator[int]:
+        torch, sampling = self._torch, request.sampling
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
-        step, past = torch.tensor([ids], device=self.device), None
+        generator.manual_seed(sampling.seed if sampling.seed is not None else random.getrandbits(63))
+        step, past = torch.tensor([request.prompt], device=self.device), None
         while True:
             with torch.inference_mode():
                 out = self.model(input_ids=step, past_key_values=past, use_cache=True, logits_to_keep=1)
@@ -154,7 +151,7 @@ class TransformersModel(Model):
                 logits = out.logits[0, -1].float()
                 if constraint is not None:
                     constraint.mask(logits)
-                token = self._sample(logits, params.temperature, params.top_p, generator)
+                token = self._sample(logits, sampling.temperature, sampling.top_p, generator)
                 if constraint is not None:
                     constraint.accept(token)
             yield token

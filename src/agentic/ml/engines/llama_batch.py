@@ -4,8 +4,8 @@ One worker thread per loaded model owns a llama.cpp context with `n_seq_max` seq
 admits waiting requests into free sequence ids, puts the next prompt chunk of new sequences and the
 last sampled token of running ones into one `llama_batch`, decodes once, and samples every sequence
 with its own sampler chain (temperature, top-p, seed, grammar). Tokens go back to each caller through
-a queue; a caller that stops reading (stop sequence, disconnect) cancels its sequence, which frees its
-KV cells at the next step. New requests join between steps.
+its `TokenChannel`; a caller that stops reading (stop sequence, disconnect) cancels its sequence, which
+frees its KV cells at the next step. New requests join between steps.
 """
 
 from __future__ import annotations
@@ -13,23 +13,21 @@ from __future__ import annotations
 import atexit
 import ctypes
 import logging
-import queue
 import random
 import threading
 from collections import deque
-from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import AgenticError, EngineFailedError, ModelClosedError, ModelLoadError
+from ..generation import GenerationRequest, SamplingSpec
+from .channel import TokenChannel
 from .grammar_sampler import Grammar
 from .prefix_cache import Placement, PrefixCache
 
-__all__ = ["BatchEngine", "Generation", "Grammar", "SamplingSpec"]
+__all__ = ["BatchEngine", "Grammar", "SamplingSpec"]
 
 _log = logging.getLogger(__name__)
-_END = -1  # sentinel on a sequence's token queue: no more tokens
-_LIVENESS_CHECK = 1.0  # seconds a reader waits for a token before checking that the worker still runs
 
 
 def _as_request_error(exc: BaseException) -> AgenticError:
@@ -40,23 +38,12 @@ def _as_request_error(exc: BaseException) -> AgenticError:
                              "other requests were not affected. Retry, or report the request if it keeps failing.")
 
 
-@dataclass(frozen=True)
-class SamplingSpec:
-    """How one sequence picks its tokens (llama.cpp's defaults for what the API does not set)."""
-
-    temperature: float
-    top_p: float
-    seed: int | None = None
-    top_k: int = 40
-    min_p: float = 0.05
-
-
 @dataclass
 class _Sequence:
     prompt: list[int]
     limit: int
     sampling: SamplingSpec
-    tokens: queue.Queue[int] = field(default_factory=queue.Queue)
+    channel: TokenChannel
     seq_id: int = -1
     fed: int = 0  # prompt tokens already decoded
     generated: int = 0
@@ -65,8 +52,6 @@ class _Sequence:
     last_token: int = -1
     sampler: Any = None
     grammar: Grammar | None = None
-    cancelled: bool = False
-    error: BaseException | None = None
 
 
 def _in_cells(sequence: _Sequence) -> list[int]:
@@ -74,26 +59,6 @@ def _in_cells(sequence: _Sequence) -> list[int]:
     if sequence.fed < len(sequence.prompt):
         return sequence.prompt[:sequence.fed]
     return sequence.prompt + sequence.output[:-1]
-
-
-class Generation(Iterator[int]):
-    """The token ids of one sequence as they are sampled; `close()` cancels it."""
-
-    def __init__(self, tokens: Generator[int, None, None], sequence: _Sequence) -> None:
-        self._tokens = tokens
-        self._sequence = sequence
-
-    def __next__(self) -> int:
-        return next(self._tokens)
-
-    def close(self) -> None:
-        """Stop reading: the sequence ends at the next step and frees its slot."""
-        self._tokens.close()
-
-    @property
-    def cached_tokens(self) -> int:
-        """Prompt tokens reused from the prefix cache (known once the sequence was admitted)."""
-        return self._sequence.cached
 
 
 class BatchEngine:
@@ -143,13 +108,14 @@ class BatchEngine:
         """A grammar for one sequence, compiled in the calling (request) thread."""
         return Grammar(self._lib, self._vocab, text, root, budget)
 
-    def generate(self, prompt: list[int], limit: int, sampling: SamplingSpec,
-                 grammar: Grammar | None = None) -> Generation:
-        """Token ids of one sequence as they are sampled; closing the iterator cancels it.
+    def generate(self, request: GenerationRequest, grammar: Grammar | None = None) -> TokenChannel:
+        """Token ids of one sequence as they are sampled; closing the channel cancels it.
 
         The engine owns `grammar` from here on and frees it with the sequence.
         """
-        sequence = _Sequence(list(prompt), limit, sampling, grammar=grammar)
+        channel = TokenChannel(lambda: self._worker.is_alive(), self._nudge)
+        channel.cached_tokens = 0  # until the prefix cache places it
+        sequence = _Sequence(list(request.prompt), request.limit, request.sampling, channel, grammar=grammar)
         with self._wake:
             if self._closed:
                 if grammar is not None:
@@ -160,29 +126,12 @@ class BatchEngine:
                 self._start_worker()
             self._waiting.append(sequence)
             self._wake.notify()
-        return Generation(self._read(sequence), sequence)
+        return channel
 
-    def _read(self, sequence: _Sequence) -> Generator[int, None, None]:
-        try:
-            while (token := self._next_token(sequence)) != _END:
-                yield token
-            if sequence.error is not None:
-                raise sequence.error
-        finally:
-            with self._wake:
-                sequence.cancelled = True
-                self._wake.notify()
-
-    def _next_token(self, sequence: _Sequence) -> int:
-        """The sequence's next token; an EngineFailedError if the worker thread is gone."""
-        while True:
-            try:
-                return sequence.tokens.get(timeout=_LIVENESS_CHECK)
-            except queue.Empty:
-                if not self._worker.is_alive() and sequence.tokens.empty():
-                    sequence.error = sequence.error or EngineFailedError(
-                        "The model's worker thread stopped while this request waited; retry the request.")
-                    return _END
+    def _nudge(self) -> None:
+        """Wake the worker: a reader cancelled its sequence."""
+        with self._wake:
+            self._wake.notify()
 
     @property
     def alive(self) -> bool:
@@ -243,8 +192,7 @@ class BatchEngine:
         error = EngineFailedError(f"The model's worker {what} while this request was waiting or running; it was "
                                   "restarted. Retry the request.")
         for sequence in [*self._running.values(), *self._waiting]:
-            sequence.error = sequence.error or error
-            self._finish(sequence)
+            self._finish(sequence, error)
         self._running.clear()
         self._waiting.clear()
         self._lib.llama_memory_clear(self._memory, True)
@@ -270,21 +218,19 @@ class BatchEngine:
                 _log.exception("llama.cpp batch step failed")
                 with self._wake:
                     for sequence in running:
-                        sequence.error = _as_request_error(exc)
-                        self._finish(sequence)
+                        self._finish(sequence, _as_request_error(exc))
 
     def _admit(self) -> None:
         free = sorted(set(range(self.slots)) - set(self._running))
         while free and self._waiting:
             sequence = self._waiting.popleft()
-            if sequence.cancelled:
+            if sequence.channel.cancelled:
                 self._finish(sequence)
                 continue
             try:
                 sequence.sampler = self._make_sampler(sequence.sampling)
             except Exception as exc:  # noqa: BLE001 - this request fails, the batch goes on
-                sequence.error = _as_request_error(exc)
-                self._finish(sequence)
+                self._finish(sequence, _as_request_error(exc))
                 continue
             placement = self.cache.place(sequence.prompt, free,
                                          {slot: _in_cells(other) for slot, other in self._running.items()})
@@ -302,21 +248,22 @@ class BatchEngine:
             lib.llama_memory_seq_rm(memory, slot, -1, -1)
             keep = 0
         sequence.seq_id, sequence.fed, sequence.cached = slot, keep, keep
+        sequence.channel.cached_tokens = keep
 
     def _drop_cancelled(self) -> None:
-        for sequence in [s for s in self._running.values() if s.cancelled]:
+        for sequence in [s for s in self._running.values() if s.channel.cancelled]:
             self._finish(sequence)
-        kept = deque(s for s in self._waiting if not s.cancelled)
+        kept = deque(s for s in self._waiting if not s.channel.cancelled)
         for sequence in self._waiting:
-            if sequence.cancelled:
+            if sequence.channel.cancelled:
                 self._finish(sequence)
         self._waiting = kept
 
-    def _finish(self, sequence: _Sequence) -> None:
-        """Free the sequence's KV cells and sampler; tell its reader it is over."""
+    def _finish(self, sequence: _Sequence, error: BaseException | None = None) -> None:
+        """Free the sequence's KV cells and sampler; tell its reader it is over (with `error`, if it failed)."""
         if self._running.get(sequence.seq_id) is sequence:
             del self._running[sequence.seq_id]
-            if sequence.error is None and self.cache.enabled:  # its cells stay, for a later prompt with that prefix
+            if error is None and self.cache.enabled:  # its cells stay, for a later prompt with that prefix
                 self.cache.hold(sequence.seq_id, _in_cells(sequence))
             else:
                 self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
@@ -327,7 +274,7 @@ class BatchEngine:
         if sequence.grammar is not None:
             sequence.grammar.close()
             sequence.grammar = None
-        sequence.tokens.put(_END)
+        sequence.channel.end(error)
 
     def _step(self, running: list[_Sequence]) -> None:
         """One llama_decode over every running sequence, then one sampled token for each that is due."""
@@ -361,7 +308,7 @@ class BatchEngine:
                                     "MODEL_PARALLEL or the prompt sizes.")
         with self._wake:
             for sequence, index in outputs:
-                if sequence.cancelled:
+                if sequence.channel.cancelled:
                     continue
                 try:
                     if sequence.grammar is not None:
@@ -369,13 +316,12 @@ class BatchEngine:
                     else:
                         token = lib.llama_sampler_sample(sequence.sampler, self._ctx, index)
                 except Exception as exc:  # noqa: BLE001 - this sequence fails, the others go on
-                    sequence.error = _as_request_error(exc)
-                    self._finish(sequence)
+                    self._finish(sequence, _as_request_error(exc))
                     continue
                 sequence.generated += 1
                 sequence.output.append(token)
                 sequence.last_token = token
-                sequence.tokens.put(token)
+                sequence.channel.put(token)
                 if lib.llama_vocab_is_eog(self._vocab, token) or sequence.generated >= sequence.limit:
                     self._finish(sequence)
 

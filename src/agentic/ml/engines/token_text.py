@@ -6,7 +6,7 @@ from __future__ import annotations
 import codecs
 from collections.abc import Callable, Iterable, Iterator
 
-from ..generation import Delta, GenerationParams
+from ..generation import Delta, GenerationRequest, close_iterator
 
 __all__ = ["StopMatcher", "TokenTextStream"]
 
@@ -48,15 +48,14 @@ class TokenTextStream:
         self,
         detokenize: Callable[[int], bytes],
         is_end: Callable[[int], bool],
-        params: GenerationParams,
-        prompt_tokens: int,
-        room: int,
+        request: GenerationRequest,
+        stops: Iterable[str] = (),
     ) -> None:
         self.detokenize = detokenize
         self.is_end = is_end
-        self.limit = params.token_limit(room)
-        self.prompt_tokens = prompt_tokens
-        self.stop = StopMatcher(params.stop)
+        self.limit = request.limit
+        self.prompt_tokens = len(request.prompt)
+        self.stop = StopMatcher(stops)
 
     def run(self, tokens: Iterator[int]) -> Iterator[Delta]:
         """Consume `tokens` until a stop, the end token or the token limit; then close it."""
@@ -77,8 +76,6 @@ class TokenTextStream:
                 if count >= self.limit:
                     break
         finally:
-            close = getattr(tokens, "close", None)
-            if close is not None:
-                close()
+            close_iterator(tokens)  # a TokenChannel (cancels the generation) or a generator
         tail = "" if finish == "stop" and not self.stop.pending else self.stop.flush() + decoder.decode(b"", True)
         yield Delta(tail, finish, self.prompt_tokens, count, getattr(tokens, "cached_tokens", None))

@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import atexit
 import logging
-import queue
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ...errors import ModelClosedError
+from ..generation import GenerationRequest, SamplingSpec
+from .channel import TokenChannel
 
 __all__ = ["TransformersBatcher"]
 
 _log = logging.getLogger(__name__)
-_END = -1
 GATHER_SECONDS = 0.05  # waiting this long for company costs one request 50 ms, and gives 8 a shared batch
 
 
@@ -32,14 +32,16 @@ GATHER_SECONDS = 0.05  # waiting this long for company costs one request 50 ms, 
 class _Row:
     prompt: list[int]
     limit: int
-    temperature: float
-    top_p: float
-    seed: int | None
+    sampling: SamplingSpec
+    channel: TokenChannel
     constraint: Any = None  # a JsonConstraint for response_format, or None
-    tokens: queue.Queue[int | BaseException] = field(default_factory=queue.Queue)
     generated: int = 0
     done: bool = False
-    cancelled: bool = False
+
+    @property
+    def over(self) -> bool:
+        """Finished, failed, or no longer read."""
+        return self.done or self.channel.cancelled
 
 
 class TransformersBatcher:
@@ -59,25 +61,16 @@ class TransformersBatcher:
         self._worker.start()
         atexit.register(self.close)  # stop the worker before torch is torn down at exit
 
-    def generate(self, prompt: list[int], limit: int, temperature: float, top_p: float,
-                 seed: int | None, constraint: Any = None) -> Iterator[int]:
-        """Token ids of one request as they are sampled; closing the iterator ends its row."""
-        row = _Row(list(prompt), limit, temperature, top_p, seed, constraint)
+    def generate(self, request: GenerationRequest, constraint: Any = None) -> TokenChannel:
+        """Token ids of one request as they are sampled; closing the channel ends its row."""
+        channel = TokenChannel(lambda: self._worker.is_alive())
+        row = _Row(list(request.prompt), request.limit, request.sampling, channel, constraint)
         with self._wake:
             if self._closed:  # no worker would ever answer: refuse rather than wait forever
                 raise ModelClosedError()
             self._waiting.append(row)
             self._wake.notify()
-        return self._read(row)
-
-    def _read(self, row: _Row) -> Iterator[int]:
-        try:
-            while (item := row.tokens.get()) != _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            row.cancelled = True
+        return channel
 
     def close(self) -> None:
         """Stop the worker once the current batch ends."""
@@ -94,7 +87,7 @@ class TransformersBatcher:
                     self._wake.wait()
                 if self._closed:
                     for row in self._waiting:
-                        row.tokens.put(_END)
+                        row.channel.end()
                     return
                 deadline = time.monotonic() + GATHER_SECONDS  # callers that start together arrive ms apart
                 while len(self._waiting) < self.slots and (left := deadline - time.monotonic()) > 0:
@@ -105,10 +98,10 @@ class TransformersBatcher:
             except Exception as exc:  # noqa: BLE001 - every row of the batch gets the error
                 _log.exception("transformers batch failed")
                 for row in rows:
-                    row.tokens.put(exc)
+                    row.channel.end(exc)
             finally:
                 for row in rows:
-                    row.tokens.put(_END)
+                    row.channel.end()
 
     def _run(self, rows: list[_Row]) -> None:
         torch = self._torch
@@ -119,10 +112,11 @@ class TransformersBatcher:
         generators = []
         for row in rows:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(row.seed if row.seed is not None else random.getrandbits(63))
+            seed = row.sampling.seed
+            generator.manual_seed(seed if seed is not None else random.getrandbits(63))
             generators.append(generator)
         past = None
-        while not all(row.done or row.cancelled for row in rows):
+        while not all(row.over for row in rows):
             with torch.inference_mode():
                 out = self.forward(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
                                    use_cache=True, logits_to_keep=1)
@@ -131,11 +125,11 @@ class TransformersBatcher:
             step = []
             for index, row in enumerate(rows):
                 token = self.pad_token
-                if not (row.done or row.cancelled):
+                if not row.over:
                     try:
                         token = self._next(row, logits[index], generators[index])
                     except Exception as exc:  # noqa: BLE001 - this row fails, the batch goes on
-                        row.tokens.put(exc)
+                        row.channel.end(exc)
                         row.done, token = True, self.pad_token
                 step.append(token)
             ids = torch.tensor([[token] for token in step], device=self.device)
@@ -146,10 +140,10 @@ class TransformersBatcher:
         """Sample one row's next token (within its grammar) and hand it to its reader."""
         if row.constraint is not None:
             row.constraint.mask(logits)
-        token = self._sample(logits, row.temperature, row.top_p, generator)
+        token = self._sample(logits, row.sampling.temperature, row.sampling.top_p, generator)
         if row.constraint is not None:
             row.constraint.accept(token)
         row.generated += 1
-        row.tokens.put(token)
+        row.channel.put(token)
         row.done = token in self.end_tokens or row.generated >= row.limit
         return token
