@@ -9,8 +9,8 @@ from pydantic_core import PydanticCustomError
 
 from ..ml.base import invalid_text, invalid_text_message
 
-__all__ = ["UNSUPPORTED_FIELDS", "ChatCompletionRequest", "ChatMessage", "CompletionRequest", "StreamOptions",
-           "check_body_text"]
+__all__ = ["UNSUPPORTED_FIELDS", "ChatCompletionRequest", "ChatMessage", "CompletionRequest", "RequestBody",
+           "StreamOptions", "check_body_text"]
 
 
 class StreamOptions(BaseModel):
@@ -58,7 +58,17 @@ def request_error(param: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("agentic_request", message, {"param": param})
 
 
-class _SamplingRequest(BaseModel):
+class RequestBody(BaseModel):
+    """A JSON request body: every string in it (keys too) must be valid Unicode, checked before any field."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        check_body_text(data)
+        return data
+
+
+class _SamplingRequest(RequestBody):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model_config = ConfigDict(extra="ignore")
@@ -66,8 +76,7 @@ class _SamplingRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _honest(cls, data: Any) -> Any:
-        """Refuse invalid Unicode anywhere, and fields we would otherwise ignore, naming them."""
-        check_body_text(data)
+        """Refuse fields we would otherwise ignore, naming them (RequestBody then checks the text)."""
         for name, reason in UNSUPPORTED_FIELDS.items():
             if isinstance(data, dict) and data.get(name) not in _NEUTRAL:
                 raise request_error(name, f"'{name}' was sent, but {reason} by this server. Remove the field.")

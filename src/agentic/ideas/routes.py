@@ -10,11 +10,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from ..api.pipeline import RequestContext
 from ..api.routes import server_of
-from ..api.schemas import check_body_text
+from ..api.schemas import RequestBody
 from ..api.state import ServerState
 from ..errors import AgenticError
 from ..ml.tiers import TIERS, Tier
@@ -26,16 +26,10 @@ __all__ = ["IdeaRequest", "router"]
 router = APIRouter()
 
 
-class IdeaRequest(BaseModel):
+class IdeaRequest(RequestBody):
     """POST /v1/ideas/analyze: one business idea."""
 
     model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _valid_text(cls, data: Any) -> Any:
-        check_body_text(data)
-        return data
 
     title: str = Field(min_length=1, max_length=200)
     description: str = Field(min_length=1, max_length=4000)
