@@ -102,7 +102,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (default: API_HOST, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: API_PORT, 8000).")] = None,
 ) -> None:
-    """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /v1/ideas/analyze,
+    """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models,
+    /v1/ideas/analyze,
     /health, /ready, /metrics). POST /admin/reload or SIGHUP re-reads .env without a restart. Limits: API_KEYS,
     API_MAX_BODY_BYTES, API_MAX_CONNECTIONS, API_HEADER_TIMEOUT, API_BODY_TIMEOUT, MODEL_SCHEMA_* (see README)."""
     from .api.app import serve as serve_api
@@ -121,6 +122,10 @@ def analyze(
     hardware_per_hour: Annotated[float, typer.Option(
         min=0.0, help="What an hour of this machine costs, $ (for the local backends' cost in the report).")] = 0.0,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    cluster_threshold: Annotated[float, typer.Option(
+        min=-1.0, max=1.0, help="Ideas whose embeddings' centered cosine is at least this are grouped as related "
+        "in the report.")] = 0.45,
+    clusters: Annotated[bool, typer.Option(help="Group related ideas by their embeddings.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No log lines.")] = False,
 ) -> None:
     """Triage every idea with the light model and analyze it with the heavy one; write results and a report.
@@ -138,7 +143,8 @@ def analyze(
         manager = create_model_manager(load_settings())
         try:
             summary = analyze_file(manager, ideas, out_dir, concurrency=concurrency, retry_failed=retry_failed,
-                                   show_progress=progress, retries=retries)
+                                   show_progress=progress, retries=retries,
+                                   cluster_threshold=cluster_threshold if clusters else None)
         finally:
             manager.close()
         for problem in summary.problems:

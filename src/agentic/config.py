@@ -99,6 +99,10 @@ class Settings(BaseSettings):
         DEFAULT_MODEL_1B_PATH, "MODEL_1B_PATH",
         "GGUF file of the light model. Unset and missing: the embedded Gemma 3 270M is used.",
     )
+    model_embedding_path: Path | None = _field(
+        None, "MODEL_EMBEDDING_PATH",
+        "GGUF file of the embedding model (/v1/embeddings, mean pooling). Unset: the embedded Gemma 3 270M.",
+    )
     model_context_size: int = _field(
         4096, "MODEL_CONTEXT_SIZE", "Context window in tokens (prompt + completion).", ge=64, le=1_048_576
     )
@@ -187,6 +191,9 @@ class Settings(BaseSettings):
     )
     openai_heavy_model: str = _field("gpt-4", "OPENAI_HEAVY_MODEL", "Model for complex analysis.")
     openai_light_model: str = _field("gpt-3.5-turbo", "OPENAI_LIGHT_MODEL", "Model for simpler tasks.")
+    openai_embedding_model: str = _field(
+        "text-embedding-3-small", "OPENAI_EMBEDDING_MODEL", "Model for /v1/embeddings and create_embedding()."
+    )
     openai_base_url: str | None = _field(
         None, "OPENAI_BASE_URL",
         "Any OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; several comma-separated URLs spread the "
@@ -209,6 +216,10 @@ class Settings(BaseSettings):
     )
     gpu_light_model: str | None = _field(
         None, "GPU_LIGHT_MODEL", "Hub id, local directory or .gguf file of the light model."
+    )
+    gpu_embedding_model: str | None = _field(
+        None, "GPU_EMBEDDING_MODEL",
+        "Hub id, local directory or .gguf file of the embedding model (mean pooling). Unset: the embedded Gemma.",
     )
     gpu_max_memory: float = _field(8.0, "GPU_MAX_MEMORY", "Max GPU memory per device in GB.", gt=0)
     gpu_torch_dtype: TorchDtype = _field(
@@ -275,11 +286,11 @@ class Settings(BaseSettings):
         """The environment variable that sets `field`."""
         return env_name(cls, field)
 
-    @field_validator("model_cache_dir", "model_7b_path", "model_1b_path")
+    @field_validator("model_cache_dir", "model_7b_path", "model_1b_path", "model_embedding_path")
     @classmethod
-    def _expand_home(cls, value: Path) -> Path:
+    def _expand_home(cls, value: Path | None) -> Path | None:
         """`~/models/x.gguf` in .env means the home directory, as in a shell."""
-        return value.expanduser()
+        return value.expanduser() if value is not None else None
 
     @field_validator("model_backend")
     @classmethod

@@ -82,7 +82,7 @@ async def test_json_schema_response_format_gives_valid_json(client: httpx.AsyncC
 
 async def test_models_lists_tiers_and_real_name(client: httpx.AsyncClient) -> None:
     ids = [entry["id"] for entry in (await client.get("/v1/models")).json()["data"]]
-    assert ids == ["heavy", "light", "gemma-3-270m-q4_k_m.gguf"]
+    assert ids == ["heavy", "light", "gemma-3-270m-q4_k_m.gguf", "embedding"]
     response = await client.post("/v1/completions", json={"model": "gemma-3-270m-q4_k_m.gguf", "prompt": "Hi",
                                                             "max_tokens": 2})
     assert response.status_code == 200

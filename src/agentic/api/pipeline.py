@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -24,9 +24,9 @@ from ..ml.base import Model
 from ..ml.shapes import answered_by, join_chunks
 from ..ml.tiers import Tier
 from .runtime import ModelGate, iterate_in_thread
-from .state import ServerState
+from .state import EMBEDDING, ServerState
 
-__all__ = ["Inference", "ModelCall", "RequestContext", "answer"]
+__all__ = ["Inference", "ModelCall", "RequestContext", "answer", "embed"]
 
 _log = logging.getLogger("agentic.api")
 ModelCall = Callable[[Model, bool], Any]  # (model, stream) -> a result dict, or an iterator of chunks
@@ -50,13 +50,13 @@ class RequestContext:
 
     state: ServerState
     endpoint: str
-    tier: Tier
+    tier: str  # a Tier, or EMBEDDING for /v1/embeddings
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started: float = field(default_factory=time.perf_counter)
 
     @property
     def gate(self) -> ModelGate:
-        return self.state.gates[self.tier]
+        return self.state.embedding_gate if self.tier == EMBEDDING else self.state.gates[cast(Tier, self.tier)]
 
     @property
     def labels(self) -> dict[str, str]:
@@ -87,7 +87,8 @@ def _sse(payload: dict[str, Any] | str) -> str:
 
 async def answer(state: ServerState, inference: Inference, request: Request) -> Response:
     """Run one request on its tier: queue, thread, metrics, the request log line."""
-    context = RequestContext(state, inference.endpoint, state.tier_of(inference.model_id))
+    tier = state.tier_of(inference.model_id)
+    context = RequestContext(state, inference.endpoint, tier)
     if state.settings.api_log_prompts:
         _log.info("request id=%s prompt=%r", context.request_id, inference.prompt_text)
     streaming, acquired, chunks = False, False, None
@@ -95,7 +96,7 @@ async def answer(state: ServerState, inference: Inference, request: Request) -> 
     try:
         await context.gate.acquire()
         acquired = True
-        model = await state.model(context.tier)
+        model = await state.model(tier)
         if not inference.stream:
             if model.streams_usage:  # generated as a stream, so a client that hangs up stops it within a token
                 chunks = iterate_in_thread(lambda: inference.call(model, True))
@@ -122,6 +123,28 @@ async def answer(state: ServerState, inference: Inference, request: Request) -> 
     return StreamingResponse(_stream_events(context, first, chunks, inference.include_usage),
                              media_type="text/event-stream",
                              headers={**_headers(context, first), "cache-control": "no-cache"})
+
+
+async def embed(state: ServerState, model_id: str, options: dict[str, Any]) -> Response:
+    """/v1/embeddings: the backend's embedding model on `options` (input, encoding_format, dimensions)."""
+    context = RequestContext(state, "embeddings", EMBEDDING)
+    state.enter()
+    acquired = False
+    try:
+        state.check_embedding_id(model_id)
+        await context.gate.acquire()
+        acquired = True
+        model = await asyncio.to_thread(state.manager.embedding_model)
+        result = await asyncio.to_thread(model.create_embedding, **options)
+    except AgenticError as exc:
+        context.record(exc.status_code, error=exc)
+        raise
+    finally:
+        if acquired:
+            context.gate.release()
+        state.leave()
+    context.record(200, result["usage"])
+    return JSONResponse(result, headers={"x-request-id": context.request_id, "x-agentic-backend": model.backend})
 
 
 async def _gather(chunks: AsyncIterator[dict[str, Any]], request: Request) -> dict[str, Any] | None:

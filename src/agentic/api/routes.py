@@ -17,10 +17,10 @@ from ..config import effective_values
 from ..errors import AgenticError, ClientAuthenticationError, InvalidRequestError, ReloadRefusedError
 from ..ml.base import Model
 from ..ml.tiers import TIERS
-from .pipeline import Inference, answer
-from .schemas import ChatCompletionRequest, CompletionRequest
+from .pipeline import Inference, answer, embed
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .security import check_bearer
-from .state import Server
+from .state import EMBEDDING, Server
 
 __all__ = ["admin", "inference", "info", "server_of"]
 
@@ -67,12 +67,24 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         bool(body.stream_options and body.stream_options.include_usage)), request)
 
 
+@inference.post("/v1/embeddings", summary="Embeddings of one or more inputs (normalized vectors)")
+async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    options = {"input": body.input, "encoding_format": body.encoding_format, "dimensions": body.dimensions}
+    return await embed(server_of(request).current, body.model, options)
+
+
 @info.get("/v1/models", summary="The tiers and their real model names")
 async def models(request: Request) -> dict[str, Any]:
     state = server_of(request).current
     specs, loaded = state.manager.specs, {tier: state.manager.tier_loaded(tier) for tier in TIERS}
     ids: dict[str, bool] = {tier: loaded[tier] for tier in TIERS}
     ids.update({specs[tier].name: loaded[tier] for tier in TIERS})
+    label = type(state.manager).embedding_label(state.settings)
+    if label is not None:  # the embedding model, by its id and, once loaded, its name
+        embedder = state.manager.embedding_model() if state.manager.has_embedder() else None
+        ids[EMBEDDING] = embedder is not None
+        if embedder is not None:
+            ids.setdefault(embedder.name, True)
     return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "loaded": is_loaded,
                                         "owned_by": f"agentic-{state.manager.backend}"}
                                        for model_id, is_loaded in ids.items()]}

@@ -9,7 +9,8 @@ from pydantic_core import PydanticCustomError
 
 from ..ml.base import invalid_text, invalid_text_message
 
-__all__ = ["UNSUPPORTED_FIELDS", "ChatCompletionRequest", "ChatMessage", "CompletionRequest", "RequestBody",
+__all__ = ["UNSUPPORTED_FIELDS", "ChatCompletionRequest", "ChatMessage", "CompletionRequest", "EmbeddingRequest",
+           "RequestBody",
            "StreamOptions", "check_body_text"]
 
 
@@ -122,3 +123,15 @@ class CompletionRequest(_SamplingRequest):
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1, description="Most tokens to generate (OpenAI's default is 16).")
     echo: bool = False
+
+
+class EmbeddingRequest(RequestBody):
+    """POST /v1/embeddings."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field("embedding", description="`embedding`, or the embedding model's name (GET /v1/models).")
+    input: Any = Field(description="A string, a list of strings, a list of token ids, or a list of such lists.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="Only the model's own size (local models cannot shorten).")
+    user: str | None = None

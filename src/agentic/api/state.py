@@ -17,7 +17,9 @@ from .metrics import Metrics
 from .runtime import ModelGate
 from .security import check_bind_address
 
-__all__ = ["Readiness", "Server", "ServerState", "workers"]
+__all__ = ["EMBEDDING", "Readiness", "Server", "ServerState", "workers"]
+
+EMBEDDING = "embedding"  # the model id (and metrics tier label) of the backend's embedding model
 
 _log = logging.getLogger("agentic.api")
 READY_TTL = 2.0  # seconds a readiness answer is reused
@@ -81,6 +83,7 @@ class ServerState:
             spec = manager.specs[tier]
             gates.setdefault(spec.key, ModelGate(spec.name, capacity, settings.api_max_queue))
         self.gates: dict[Tier, ModelGate] = {tier: gates[manager.specs[tier].key] for tier in TIERS}
+        self.embedding_gate = ModelGate("embeddings", capacity, settings.api_max_queue)
         listeners = getattr(manager, "listeners", None)
         if listeners is not None:  # a FallbackManager: count each failover
             listeners.append(lambda tier, failed, served, code: metrics.fallbacks.labels(
@@ -98,12 +101,22 @@ class ServerState:
         raise ModelNotFoundError(f"The model {model_id!r} does not exist here. Use one of: {', '.join(names)} "
                                  "(GET /v1/models lists them).")
 
+    def check_embedding_id(self, model_id: str) -> None:
+        """`embedding`, or the embedding model's name; anything else is a 404, never another model."""
+        label = type(self.manager).embedding_label(self.settings)
+        names = {EMBEDDING, *([label] if label else [])}
+        if self.manager.has_embedder():
+            names.add(self.manager.embedding_model().name)
+        if model_id not in names:
+            raise ModelNotFoundError(f"The embedding model {model_id!r} does not exist here. Use one of: "
+                                     f"{', '.join(sorted(names))} (GET /v1/models lists them).")
+
     async def model(self, tier: Tier) -> Model:
         """The tier's model, loaded in a worker thread on first use."""
         model, _ = await asyncio.to_thread(self.manager.for_tier, tier)
         return model
 
-    def labels(self, tier: Tier) -> dict[str, str]:
+    def labels(self, tier: str) -> dict[str, str]:
         return {"tier": tier, "backend": self.manager.backend}
 
     def enter(self) -> ServerState:
@@ -176,4 +189,4 @@ class Server:
 
 def workers(state: ServerState) -> int:
     """Threads for model calls: every gate's capacity, plus a few for loading and readiness checks."""
-    return sum(gate.capacity for gate in set(state.gates.values())) + 4
+    return sum(gate.capacity for gate in {*state.gates.values(), state.embedding_gate}) + 4

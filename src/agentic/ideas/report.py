@@ -11,6 +11,7 @@ import jinja2
 
 from ..cost import CostLine, PriceTable, Workload, compare
 from ..registry import is_remote
+from .clusters import MIN_IDEAS, load_clusters
 from .schemas import IdeaResult
 from .store import ResultsLog, RunTotals, UsageDB
 
@@ -71,7 +72,9 @@ def build_report(out_dir: Path, table: PriceTable, hardware_per_hour: float = 0.
     failed = [r for r in results if r.status == "failed"]
     totals, measured, costs = cost_of_run(out_dir, table, hardware_per_hour)
     chart = score_chart(results)
-    context = {
+    clusters, threshold = load_clusters(out_dir)
+    context: dict[str, object] = {
+        "clusters": clusters, "threshold": threshold, "min_ideas": MIN_IDEAS,
         "ranked": ranked, "failed": failed, "totals": totals, "measured": measured, "costs": costs,
         "table": table, "chart": chart, "ideas": len(results),
         "prompt_tokens": sum(t.prompt_tokens for t in totals),
@@ -107,6 +110,22 @@ _MARKDOWN = """\
 | {{ loop.index }} | {{ r.analysis.score }} | {{ r.analysis.verdict }} | {{ r.idea.title | cell }} | \
 {{ r.triage.category | cell }} | {{ r.analysis.reason | cell }} |
 {% endfor %}
+{% if threshold is not none %}
+
+## Related ideas
+
+{% if clusters %}
+Groups of ideas whose embeddings are close (centered cosine >= {{ threshold }}; weakest link in brackets):
+
+{% for c in clusters %}
+- {{ c.titles | join(" / ") | cell }} ({{ c.similarity }})
+{% endfor %}
+{% elif ideas < min_ideas %}
+Too few ideas to group (fewer than {{ min_ideas }}).
+{% else %}
+No two ideas are closer than the threshold ({{ threshold }}).
+{% endif %}
+{% endif %}
 {% if failed %}
 
 ## Failed
@@ -178,6 +197,21 @@ td.num { text-align: right; }
 {% endfor %}
 </tbody>
 </table>
+{% if threshold is not none %}
+<h2>Related ideas</h2>
+{% if clusters %}
+<p>Groups of ideas whose embeddings are close (centered cosine &ge; {{ threshold }}; weakest link in brackets):</p>
+<ul id="clusters">
+{% for c in clusters %}
+<li>{{ c.titles | join(" / ") }} ({{ c.similarity }})</li>
+{% endfor %}
+</ul>
+{% elif ideas < min_ideas %}
+<p id="clusters">Too few ideas to group (fewer than {{ min_ideas }}).</p>
+{% else %}
+<p id="clusters">No two ideas are closer than the threshold ({{ threshold }}).</p>
+{% endif %}
+{% endif %}
 {% if failed %}
 <h2>Failed</h2>
 <ul id="failed">

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import AgenticError, ConfigError
 from ..ml.base import BaseModelManager
 from .analyzer import CallRecord, IdeaAnalyzer
+from .clusters import DEFAULT_THRESHOLD, write_clusters
 from .loader import load_ideas
 from .schemas import Idea, IdeaResult
 from .store import ResultsLog, UsageDB
@@ -58,8 +59,10 @@ class _Counters:
 
 
 def analyze_file(manager: BaseModelManager, ideas_path: Path, out_dir: Path, *, concurrency: int | None = None,
-                 retry_failed: bool = False, show_progress: bool = True, retries: int = 2) -> RunSummary:
-    """Analyze the ideas of `ideas_path` not yet in `out_dir`/results.jsonl; append each result as it ends.
+                 retry_failed: bool = False, show_progress: bool = True, retries: int = 2,
+                 cluster_threshold: float | None = DEFAULT_THRESHOLD) -> RunSummary:
+    """Analyze the ideas of `ideas_path` not yet in `out_dir`/results.jsonl; append each result as it ends; then
+    group related ideas by their embeddings (`cluster_threshold`; None: no grouping).
 
     Ctrl-C stops the run: finished ideas are already on disk, and the next run skips them.
     """
@@ -72,8 +75,26 @@ def analyze_file(manager: BaseModelManager, ideas_path: Path, out_dir: Path, *, 
     todo = [idea for idea in ideas
             if idea.id not in done or (retry_failed and done[idea.id].status == "failed")]
     summary = RunSummary(out_dir, len(ideas), len(ideas) - len(todo), problems=problems)
-    if not todo:
-        return summary
+    if todo:
+        _analyze(manager, todo, out_dir, results, summary, concurrency, show_progress, retries)
+    if cluster_threshold is not None and not summary.interrupted:
+        _cluster(manager, ideas, out_dir, cluster_threshold)
+    return summary
+
+
+def _cluster(manager: BaseModelManager, ideas: list[Idea], out_dir: Path, threshold: float) -> None:
+    """The report's related ideas; a backend without embeddings only loses that section."""
+    try:
+        clusters = write_clusters(manager, ideas, out_dir, threshold)
+    except AgenticError as exc:
+        _log.warning("related ideas skipped: %s", exc.message.splitlines()[0])
+        return
+    _log.info("%d groups of related ideas (threshold %g)", len(clusters), threshold)
+
+
+def _analyze(manager: BaseModelManager, todo: list[Idea], out_dir: Path, results: ResultsLog, summary: RunSummary,
+             concurrency: int | None, show_progress: bool, retries: int) -> None:
+    """Analyze `todo`, appending to `results` and counting into `summary`."""
     manager.load_all()  # a missing model file fails here, once, not once per idea
     usage = UsageDB(out_dir / "usage.db")
     run_id = usage.start_run(manager.backend, manager.specs["heavy"].name, manager.specs["light"].name, len(todo))
@@ -97,7 +118,6 @@ def analyze_file(manager: BaseModelManager, ideas_path: Path, out_dir: Path, *, 
         summary.prompt_tokens, summary.completion_tokens = counters.prompt_tokens, counters.completion_tokens
         usage.finish_run(run_id, summary.ok, summary.failed, summary.wall_s)
         usage.close()
-    return summary
 
 
 def prepare_out_dir(out_dir: Path) -> None:

@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings
 from ..checks import Check
 from ..config import Settings, load_backend_settings, load_settings
 from ..errors import AgenticError, InvalidRequestError, ModelClosedError
+from .embeddings import EmbeddingModel
 from .engines.token_text import StopMatcher, TokenTextStream
 from .generation import (
     Delta,
@@ -256,6 +257,7 @@ class BaseModelManager(ABC):
         self._models: dict[str, tuple[Model, AbstractContextManager[Any]]] = {}
         self._loading = threading.Lock()
         self._budget = MemoryBudget(self.settings.model_memory_budget_mb)
+        self._embedder: EmbeddingModel | None = None
         if self.settings.model_preload:
             self.load_all()
         keep_alive = self.settings.model_keep_alive
@@ -265,6 +267,25 @@ class BaseModelManager(ABC):
     @abstractmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:
         """What the heavy and light tiers use, for `agentic config`; loads and assembles nothing."""
+
+    @classmethod
+    def embedding_label(cls, settings: Settings) -> str | None:
+        """The model /v1/embeddings uses, for `agentic config` (None: the backend serves no embeddings)."""
+        return None
+
+    def embedding_model(self) -> EmbeddingModel:
+        """The backend's embedding model, loaded on first use: `embedding_model().create_embedding(input=...)`."""
+        with self._loading:
+            if self._embedder is None:
+                self._embedder = self._load_embedding()
+            return self._embedder
+
+    def has_embedder(self) -> bool:
+        """Whether the embedding model is loaded."""
+        return self._embedder is not None
+
+    def _load_embedding(self) -> EmbeddingModel:
+        raise InvalidRequestError(f"The {self.backend} backend serves no embeddings.", param="model")
 
     @classmethod
     def own_settings(cls, settings: Settings) -> BaseSettings:
@@ -385,6 +406,9 @@ class BaseModelManager(ABC):
                 model.close()
                 self._budget.release(key)
             self._models.clear()
+            if self._embedder is not None:
+                self._embedder.close()
+                self._embedder = None
 
     def __enter__(self) -> BaseModelManager:
         return self

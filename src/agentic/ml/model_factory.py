@@ -40,6 +40,8 @@ def describe_configuration(settings: Settings) -> list[str]:
     if cls.key_setting is not None:
         lines.append(f"API Key: {'SET' if getattr(cls.own_settings(settings), cls.key_setting) else 'NOT SET'}")
     lines += [f"Heavy Model: {heavy}", f"Light Model: {light}"]
+    embedding = cls.embedding_label(settings)
+    lines += [f"Embedding Model: {embedding}"] if embedding is not None else []
     for backend in settings.fallback_backends:
         fallback_heavy, fallback_light = manager_class(backend).tier_labels(settings)
         lines.append(f"Fallback: {backend} (heavy {fallback_heavy}, light {fallback_light})")

@@ -26,6 +26,7 @@ from ...errors import (
 )
 from ...registry import backend_class
 from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec
+from ..embeddings import EmbeddingModel
 from ..generation import close_iterator
 from ..tiers import Tier
 
@@ -121,6 +122,18 @@ class FallbackManager(BaseModelManager):
     @classmethod
     def tier_labels(cls, settings: Settings) -> tuple[str, str]:
         return backend_class(settings.model_backend).tier_labels(settings)
+
+    @classmethod
+    def embedding_label(cls, settings: Settings) -> str | None:
+        return backend_class(settings.model_backend).embedding_label(settings)
+
+    def embedding_model(self) -> EmbeddingModel:
+        """MODEL_BACKEND's embedding model (embeddings do not fail over: another backend's vectors would not
+        be comparable with the ones already stored)."""
+        return self.first_configured().embedding_model()
+
+    def has_embedder(self) -> bool:
+        return self.first_configured().has_embedder()
 
     def manager_of(self, backend: str) -> BaseModelManager | AgenticError:
         return dict(self.chain)[backend]

@@ -27,7 +27,9 @@ from ...errors import (
 from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream
 from ..chat_templates import ChatTemplate, fallback_template
 from ..default_model import EMBEDDED_LABEL, embedded_model_path
+from ..embeddings import EmbeddingInput, EmbeddingModel
 from ..engines.llama_batch import BatchEngine
+from ..engines.llama_embed import LlamaEmbedder
 from ..generation import GenerationRequest
 from ..gguf import check_gguf, gguf_footprint_mb
 from ..tiers import Tier
@@ -260,6 +262,37 @@ class LlamaCppModel(Model):
         self.llama.close()
 
 
+class LlamaCppEmbeddingModel(EmbeddingModel):
+    """A GGUF model's mean-pooled embeddings (its own llama.cpp context; concurrent requests batched)."""
+
+    backend = "llama_cpp"
+
+    def __init__(self, path: Path, settings: Settings) -> None:
+        llama_cpp = _import_llama_cpp()
+        gpu_layers = settings.model_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
+        self.engine = LlamaEmbedder(path, settings.model_context_size, settings.threads, gpu_layers)
+        self._vocab = int(self.engine.llama.n_vocab())
+        super().__init__(path.name, settings.model_context_size, self.engine.dimensions)
+
+    def _tokens(self, item: EmbeddingInput) -> list[int]:
+        if isinstance(item, str):
+            return self.engine.tokenize(item)
+        if max(item) >= self._vocab:
+            raise InvalidRequestError(f"input holds token id {max(item)}, but {self.name} has {self._vocab} tokens "
+                                      f"(ids 0-{self._vocab - 1}).", param="input")
+        return item
+
+    def count_tokens(self, item: EmbeddingInput) -> int:
+        return len(self._tokens(item))
+
+    def _embed(self, inputs: list[EmbeddingInput], dimensions: int | None) -> tuple[list[list[float]], int]:
+        tokens = [self._tokens(item) for item in inputs]
+        return self.engine.embed(tokens), sum(len(each) for each in tokens)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
 class ModelManager(BaseModelManager):
     """llama.cpp models: heavy = MODEL_7B_PATH, light = MODEL_1B_PATH; thread-safe through the lock."""
 
@@ -305,3 +338,21 @@ class ModelManager(BaseModelManager):
         apply_gpu_environment(self.settings)
         _log.info("Loading %s (%s) with llama.cpp", spec.key, spec.origin)
         return LlamaCppModel(Path(spec.key), self.settings)
+
+    @classmethod
+    def embedding_label(cls, settings: Settings) -> str:
+        """MODEL_EMBEDDING_PATH, or the embedded model."""
+        path = settings.model_embedding_path
+        return str(path) if path is not None else EMBEDDED_LABEL
+
+    def _load_embedding(self) -> EmbeddingModel:
+        path = self.settings.model_embedding_path
+        if path is None:
+            path = embedded_model_path(self.settings.model_cache_dir)
+        elif not path.is_file():
+            raise ModelFileNotFoundError(
+                f"Model file not found: MODEL_EMBEDDING_PATH={path} does not exist. Fix it in .env, or unset it to "
+                "embed with the embedded default model.", param="MODEL_EMBEDDING_PATH")
+        apply_gpu_environment(self.settings)
+        _log.info("Loading %s for embeddings with llama.cpp", path)
+        return LlamaCppEmbeddingModel(path, self.settings)

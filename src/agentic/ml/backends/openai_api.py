@@ -7,7 +7,7 @@ gpt-4 and gpt-4o answer them; the result is returned in completion shape like ev
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ...checks import Check
@@ -27,6 +27,7 @@ from ...errors import (
 )
 from ...logs import without_credentials
 from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec
+from ..embeddings import EmbeddingInput, EmbeddingModel, normalized
 from ..tiers import Tier
 from .endpoints import Endpoint, EndpointPool
 
@@ -92,11 +93,20 @@ class OpenAIChatModel(Model):
             request["seed"] = params.seed
         if params.response_format is not None:
             request["response_format"] = self._response_format(params)
+        answer, endpoint = self.first_answer(lambda endpoint: self._create(endpoint, request, params))
+        if params.stream:
+            return self._read(answer, endpoint)
+        self.pool.finish(endpoint, failed=False)
+        return self._whole(answer)
+
+    def first_answer(self, call: Callable[[Endpoint], Any]) -> tuple[Any, Endpoint]:
+        """`call(endpoint)` on the servers in the pool's order until one answers (the endpoint stays started:
+        the caller finishes it); a connection error, timeout, 5xx or 429 moves on to the next server."""
         endpoints = self.pool.order()
         for attempt, endpoint in enumerate(endpoints, start=1):
             self.pool.start(endpoint)
             try:
-                answer = self._create(endpoint, request, params)
+                return call(endpoint), endpoint
             except self._openai.APIError as exc:
                 error = self.translate(exc, endpoint.url)
                 retryable = isinstance(error, UpstreamError | RateLimitError)
@@ -105,10 +115,6 @@ class OpenAIChatModel(Model):
                     _log.warning("%s: %s; trying %s", endpoint.url, error.code, endpoints[attempt].url)
                     continue
                 raise error from None
-            if params.stream:
-                return self._read(answer, endpoint)
-            self.pool.finish(endpoint, failed=False)
-            return self._whole(answer)
         raise AssertionError("no endpoint")  # pragma: no cover - the pool is never empty
 
     def _create(self, endpoint: Endpoint, request: dict[str, Any], params: GenerationParams) -> Any:
@@ -208,6 +214,26 @@ class OpenAIChatModel(Model):
         return text if len(text) <= DETAIL_CHARS else text[:DETAIL_CHARS] + "... (trimmed)"
 
 
+class OpenAIEmbeddingModel(EmbeddingModel):
+    """OPENAI_EMBEDDING_MODEL on the same servers, with the chat models' failover and error translation."""
+
+    backend = "openai"
+
+    def __init__(self, pool: EndpointPool, name: str, settings: Settings) -> None:
+        super().__init__(name, 0, None)  # the server checks lengths and dimensions
+        self.transport = OpenAIChatModel(pool, name, settings)
+
+    def _embed(self, inputs: list[EmbeddingInput], dimensions: int | None) -> tuple[list[list[float]], int]:
+        options: dict[str, Any] = {"model": self.name, "input": inputs, "encoding_format": "float"}
+        if dimensions is not None:
+            options["dimensions"] = dimensions
+        answer, endpoint = self.transport.first_answer(lambda endpoint: endpoint.client.embeddings.create(**options))
+        self.transport.pool.finish(endpoint, failed=False)
+        ordered = sorted(answer.data, key=lambda item: item.index)
+        tokens = answer.usage.prompt_tokens if answer.usage is not None else 0
+        return [normalized(item.embedding) for item in ordered], int(tokens)
+
+
 class OpenAIModelManager(BaseModelManager):
     """OpenAI models: heavy = OPENAI_HEAVY_MODEL, light = OPENAI_LIGHT_MODEL; same interface as ModelManager."""
 
@@ -271,6 +297,14 @@ class OpenAIModelManager(BaseModelManager):
 
     def _load(self, spec: ModelSpec) -> Model:
         return OpenAIChatModel(self.pool, spec.name, self.settings)
+
+    @classmethod
+    def embedding_label(cls, settings: Settings) -> str:
+        """OPENAI_EMBEDDING_MODEL."""
+        return settings.openai_embedding_model
+
+    def _load_embedding(self) -> EmbeddingModel:
+        return OpenAIEmbeddingModel(self.pool, self.settings.openai_embedding_model, self.settings)
 
     def capacity(self) -> int:
         """API_REMOTE_CONCURRENCY requests at once per tier: the remote servers schedule them."""

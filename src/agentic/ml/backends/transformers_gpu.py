@@ -20,8 +20,10 @@ from ...errors import BackendNotInstalledError, ModelNotAvailableError, OutOfMem
 from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream
 from ..chat_templates import ChatTemplate, fallback_template
 from ..default_model import EMBEDDED_LABEL, cache_dir_error, embedded_model_path
+from ..embeddings import EmbeddingModel
 from ..engines.structured import JsonConstraint, JsonGrammars
 from ..engines.transformers_batch import TransformersBatcher
+from ..engines.transformers_embed import TransformersEmbeddingModel
 from ..generation import GenerationRequest
 from ..tiers import Tier
 
@@ -250,6 +252,31 @@ class GPUModelManager(BaseModelManager):
             raise OutOfMemoryError(OOM_HELP.format(what=f"loading {spec.name}")) from None
         model.eval()
         return TransformersModel(spec.name, model, tokenizer, self.settings)
+
+    @classmethod
+    def embedding_label(cls, settings: Settings) -> str:
+        """GPU_EMBEDDING_MODEL, or the embedded model."""
+        return settings.gpu_embedding_model or EMBEDDED_LABEL
+
+    def _load_embedding(self) -> EmbeddingModel:
+        reference = self.settings.gpu_embedding_model
+        if reference is None:
+            path = embedded_model_path(self.settings.model_cache_dir)
+            spec = ModelSpec(str(path), path.name, "embedded default")
+        else:
+            local = Path(reference).expanduser()
+            spec = ModelSpec(str(local.resolve()) if local.exists() else reference,
+                             local.name if local.exists() else reference, "GPU_EMBEDDING_MODEL")
+        torch, transformers = _import_torch_stack()
+        directory = self._local_directory(spec, transformers)
+        dtype = getattr(torch, self.settings.gpu_torch_dtype) if torch.cuda.is_available() else torch.float32
+        _log.info("Loading %s for embeddings with transformers", spec.key)
+        model = transformers.AutoModel.from_pretrained(directory, dtype=dtype)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        model.eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+        return TransformersEmbeddingModel(spec.name, model, tokenizer, self.settings.model_context_size)
 
     def _local_directory(self, spec: ModelSpec, transformers: Any) -> str:
         """A directory transformers can load: a converted .gguf cache, a local folder or a hub snapshot."""
