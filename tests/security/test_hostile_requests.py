@@ -43,8 +43,9 @@ ROWS = [
      "schema_too_complex", "response_format"),
     ("content with a lone surrogate", {}, "a\ud800b", 400, "invalid_value", "body.messages[0].content"),
     ("stop as one long string", {"stop": "\n\nHuman:"}, "Hi", 200, None, None),
-    ("tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "Hi", 400,
-     "invalid_value", "tools"),
+    ("tool schema with maxLength 20000", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"s": {"type": "string", "maxLength": 20000}}}}}]}, "Hi", 400,
+     "schema_too_complex", "tools[0].function.parameters"),
     ("functions", {"functions": [{"name": "f", "parameters": {}}]}, "Hi", 400, "invalid_value", "functions"),
     ("logit_bias", {"logit_bias": {"42": 5}}, "Hi", 400, "invalid_value", "logit_bias"),
     ("five stop strings", {"stop": ["a", "b", "c", "d", "e"]}, "Hi", 400, "invalid_value", "stop"),

@@ -42,7 +42,8 @@ admin = APIRouter()
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     messages = [message.plain() for message in body.messages]
     options = {**body.sampling(), "max_tokens": body.max_completion_tokens or body.max_tokens,
-               "response_format": body.response_format}
+               "response_format": body.response_format, "tools": body.tools, "tool_choice": body.tool_choice,
+               "parallel_tool_calls": body.parallel_tool_calls}
 
     def call(model: Model, stream: bool) -> Any:
         return model.create_chat_completion(messages=messages, stream=stream, **options)

@@ -29,18 +29,24 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
     def plain(self) -> dict[str, Any]:
-        """The message as the backends take it: text content, `developer` read as `system`."""
+        """The message as the backends take it: text content, `developer` read as `system`, and an assistant's
+        `tool_calls` or a tool result's `tool_call_id` kept."""
         content = self.content
         if isinstance(content, list):
             content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
-        return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        plain: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        extra = self.model_extra or {}
+        for key in ("tool_calls", "tool_call_id", "name"):
+            if extra.get(key) is not None:
+                plain[key] = extra[key]
+        return plain
 
 
 # OpenAI fields we cannot honour yet: refused by name rather than silently ignored. A field sent with
 # its neutral value (no tools, no bias, penalty 0) changes nothing and is accepted.
 UNSUPPORTED_FIELDS = {
-    "tools": "tool calling is not supported yet", "tool_choice": "tool calling is not supported yet",
-    "functions": "function calling is not supported", "function_call": "function calling is not supported",
+    "functions": "the legacy functions field is not supported: use tools",
+    "function_call": "the legacy function_call field is not supported: use tool_choice",
     "logit_bias": "logit_bias is not supported", "logprobs": "logprobs are not returned",
     "top_logprobs": "logprobs are not returned", "presence_penalty": "penalties are not supported",
     "frequency_penalty": "penalties are not supported", "suffix": "suffix is not supported",
@@ -115,6 +121,13 @@ class ChatCompletionRequest(_SamplingRequest):
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name of max_tokens.")
     response_format: dict[str, Any] | None = Field(
         None, description="{'type': 'json_object'} or {'type': 'json_schema', 'json_schema': {'schema': ...}}.")
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Functions the model may call: [{'type': 'function', 'function': {'name', 'description', "
+        "'parameters'}}].")
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description="'auto' (default with tools), 'none', 'required', or {'type': 'function', 'function': "
+        "{'name': ...}}.")
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_SamplingRequest):

@@ -17,13 +17,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from pydantic_settings import BaseSettings
 
 from ..checks import Check
 from ..config import Settings, load_backend_settings, load_settings
-from ..errors import AgenticError, InvalidRequestError, ModelClosedError
+from ..errors import AgenticError, InvalidRequestError, ModelClosedError, SchemaTooComplexError
 from .embeddings import EmbeddingModel
 from .engines.token_text import StopMatcher, TokenTextStream
 from .generation import (
@@ -45,6 +46,7 @@ from .memory_budget import MemoryBudget
 from .schema_limits import SchemaLimits
 from .shapes import ResultShape
 from .tiers import TIERS, Tier, tier_of
+from .tools import ToolCallStream, ToolPlan, check_tools, checked_calls, render_tool_messages
 
 __all__ = [
     "BaseModelManager",
@@ -78,6 +80,9 @@ class Model(ABC):
     # Whether a streamed answer carries the same usage counts as a whole one (a remote server may omit them
     # from streams); the API server streams non-streaming requests internally only when it does.
     streams_usage: bool = True
+    # Whether the backend takes `tools` itself (a remote API); else the model sees them as text and the
+    # grammar of `agentic.ml.tools` keeps its calls valid.
+    native_tools: bool = False
     # How large a response_format schema may be (MODEL_SCHEMA_*); backends set theirs from the settings.
     schema_limits: SchemaLimits = SchemaLimits()
 
@@ -133,15 +138,45 @@ class Model(ABC):
         seed: int | None = None,
         stream: bool = False,
         response_format: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
         **extra: Any,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """A `chat.completion` dict, or an iterator of `chat.completion.chunk` dicts when `stream=True`."""
+        """A `chat.completion` dict, or an iterator of `chat.completion.chunk` dicts when `stream=True`.
+
+        With `tools`, the model may answer with `message.tool_calls` (finish_reason "tool_calls"), as
+        OpenAI's API does; see `agentic.ml.tools`.
+        """
         check_messages(messages)
         check_text(messages, "messages")
         params = self._params(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
+        plan = self._tool_plan(tools, tool_choice, parallel_tool_calls, params)
+        params = replace(params, tools=plan)
+        if not self.native_tools:  # a local model reads tools, calls and results as text in its template
+            messages = render_tool_messages(list(messages), plan)
         deltas = self._tracked(lambda: self._chat(list(messages), params))
+        if plan is not None and plan.calls_allowed:
+            deltas = checked_calls(deltas, plan) if self.native_tools else ToolCallStream(plan).run(deltas)
         shape = ResultShape("chatcmpl", "chat.completion", self.name, self.backend)
         return shape.stream(deltas, chat=True) if stream else shape.collect(deltas, chat=True)
+
+    def _tool_plan(self, tools: Any, tool_choice: Any, parallel_tool_calls: Any,
+                   params: GenerationParams) -> ToolPlan | None:
+        plan = check_tools(tools, tool_choice, parallel_tool_calls)
+        if plan is not None:
+            check_text(tools, "tools")
+            for index, tool in enumerate(plan.tools):  # the schema limits apply to tool schemas too
+                where = f"tools[{index}].function.parameters"
+                try:
+                    self.schema_limits.check(tool["parameters"])
+                except SchemaTooComplexError as exc:
+                    message = exc.message.replace("response_format's JSON schema", f"{where} (a JSON schema)")
+                    raise SchemaTooComplexError(message, param=where) from None
+            if plan.calls_allowed and params.response_format is not None:
+                raise InvalidRequestError("response_format and tools cannot be combined: a tool call has its own "
+                                          "schema. Send one of them.", param="response_format")
+        return plan
 
     def _params(self, *args: Any, **kwargs: Any) -> GenerationParams:
         """GenerationParams.build, then the checks every backend shares: valid text, schema within limits."""

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ContextLengthExceededError, InvalidRequestError
+
+if TYPE_CHECKING:
+    from .tools import ToolPlan
 
 __all__ = [
     "Delta",
@@ -45,6 +48,7 @@ class GenerationParams:
     seed: int | None = None
     stream: bool = False
     response_format: dict[str, Any] | None = None
+    tools: ToolPlan | None = None  # chat only: the tools the model may call (set by Model.create_chat_completion)
 
     @property
     def json_schema(self) -> dict[str, Any] | None:
@@ -104,6 +108,7 @@ class Delta:
     completion_tokens: int | None = None
     cached_tokens: int | None = None  # prompt tokens reused from a prefix cache (None: the backend has none)
     served_by: tuple[str, str] | None = None  # (backend, model) on the first delta when a fallback answered
+    tool_calls: list[dict[str, Any]] | None = None  # on the last delta: OpenAI-shaped calls (id, type, function)
 
 
 def check_response_format(response_format: Any) -> None:

@@ -33,15 +33,27 @@ def join_chunks(chunks: Iterable[dict[str, Any]]) -> ResultDict:
     (the library's non-streamed calls and the API server's both use it)."""
     head: dict[str, Any] = {}
     text: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
     finish, usage, chat, backend = None, None, False, ""
     for chunk in chunks:
         head, backend = head or chunk, backend or (answered_by(chunk) or "")
         choice = chunk["choices"][0] if chunk["choices"] else {}
         chat = chat or "delta" in choice
         text.append((choice.get("delta", {}).get("content") if chat else choice.get("text")) or "")
+        for piece in choice.get("delta", {}).get("tool_calls") or []:  # id and name first, then argument pieces
+            call = calls.setdefault(piece["index"], {"id": piece.get("id"), "type": "function",
+                                                     "function": {"name": None, "arguments": ""}})
+            function = piece.get("function") or {}
+            call["function"]["name"] = function.get("name") or call["function"]["name"]
+            call["function"]["arguments"] += function.get("arguments") or ""
         finish, usage = choice.get("finish_reason") or finish, chunk.get("usage") or usage
     whole: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
-    whole.update({"message": {"role": "assistant", "content": "".join(text)}} if chat else {"text": "".join(text)})
+    if chat:  # with tool calls and no text, content is null, as OpenAI sends it
+        whole["message"] = {"role": "assistant", "content": "".join(text) or (None if calls else "")}
+        if calls:
+            whole["message"]["tool_calls"] = [calls[index] for index in sorted(calls)]
+    else:
+        whole["text"] = "".join(text)
     result = ResultDict({**head, "object": "chat.completion" if chat else "text_completion", "choices": [whole],
                          "usage": usage or _usage(None)})
     result.backend = backend
@@ -83,6 +95,16 @@ class ResultShape:
         finally:
             close_iterator(deltas)  # a reader that stops early ends the generation now
 
+    def _call_chunks(self, object_name: str, calls: list[dict[str, Any]]) -> Iterator[ResultDict]:
+        """Tool calls as OpenAI streams them: per call, its index, id, type and name, then its arguments."""
+        for index, call in enumerate(calls):
+            function = call["function"]
+            head = {"index": index, "id": call["id"], "type": "function",
+                    "function": {"name": function["name"], "arguments": ""}}
+            for piece in (head, {"index": index, "function": {"arguments": function["arguments"]}}):
+                yield self._chunk(object_name, [{"index": 0, "delta": {"tool_calls": [piece]}, "logprobs": None,
+                                                 "finish_reason": None}])
+
     def collect(self, deltas: Iterator[Delta], chat: bool) -> ResultDict:
         """The whole answer: the stream's chunks, joined."""
         return join_chunks(self.stream(deltas, chat))
@@ -96,6 +118,8 @@ class ResultShape:
                 yield self._chunk(object_name, [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
                                                  "finish_reason": None}])
             for delta in itertools.chain([first] if first is not None else [], served):
+                if delta.tool_calls:
+                    yield from self._call_chunks(object_name, delta.tool_calls)
                 if delta.text or delta.finish_reason:
                     body = {"content": delta.text} if delta.text else {}
                     choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": delta.finish_reason}

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidOutputError, InvalidRequestError
-from .generation import Delta, Message
+from .generation import Delta, Message, close_iterator
 
-__all__ = ["CALL_CLOSE", "CALL_OPEN", "ToolCallStream", "ToolPlan", "check_tools", "render_tool_messages",
-           "tool_system_text", "validate_calls"]
+__all__ = ["CALL_CLOSE", "CALL_OPEN", "ToolCallStream", "ToolPlan", "check_tools", "checked_calls", "parse_calls",
+           "render_tool_messages", "tool_system_text", "validate_calls"]
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -193,7 +193,24 @@ def parse_calls(text: str, plan: ToolPlan) -> tuple[str, list[dict[str, Any]]]:
         if not isinstance(value, dict) or not isinstance(value.get("arguments"), dict):
             raise InvalidOutputError(f"The model's tool call lacks a name and an arguments object: {block[:200]!r}")
         calls.append(_new_call(str(value.get("name")), value["arguments"]))
-    return _BLOCK.sub("", text).strip(), validate_calls(calls, plan)
+    rest = _BLOCK.sub("", text)
+    unfinished = rest.find(CALL_OPEN)
+    if unfinished >= 0:  # max_tokens ran out inside a call: the calls before it stand, the cut one is dropped
+        rest = rest[:unfinished]
+        if not calls:
+            raise InvalidOutputError("The answer ran out of max_tokens inside a tool call; raise max_tokens.")
+    return rest.strip(), validate_calls(calls, plan)
+
+
+def checked_calls(deltas: Iterator[Delta], plan: ToolPlan) -> Iterator[Delta]:
+    """A backend's own tool calls (a remote API's), validated as ours are: `deltas` with the last one checked."""
+    try:
+        for delta in deltas:
+            if delta.finish_reason is not None:
+                validate_calls(delta.tool_calls or [], plan)
+            yield delta
+    finally:
+        close_iterator(deltas)
 
 
 class ToolCallStream:
@@ -207,6 +224,12 @@ class ToolCallStream:
         self.plan = plan
 
     def run(self, deltas: Iterator[Delta]) -> Iterator[Delta]:
+        try:
+            yield from self._run(deltas)
+        finally:
+            close_iterator(deltas)  # a reader that stops early ends the generation
+
+    def _run(self, deltas: Iterator[Delta]) -> Iterator[Delta]:
         held, text_mode, served_by = "", False, None
         for delta in deltas:
             served_by = served_by or delta.served_by

@@ -6,7 +6,6 @@ paths do not exist, the embedded Gemma 3 270M serves both tiers (loaded once, sh
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, Mo
 from ..chat_templates import ChatTemplate, fallback_template
 from ..default_model import EMBEDDED_LABEL, embedded_model_path
 from ..embeddings import EmbeddingInput, EmbeddingModel
+from ..engines.gbnf import schema_gbnf, tool_gbnf
 from ..engines.llama_batch import BatchEngine
 from ..engines.llama_embed import LlamaEmbedder
 from ..generation import GenerationRequest
@@ -51,28 +51,6 @@ def _import_llama_cpp() -> Any:
 
 
 _PATH_SETTINGS: dict[Tier, str] = {"heavy": "model_7b_path", "light": "model_1b_path"}  # the guide's names
-_STRING_CHAR = r'char ::= [^"\\] |'
-_SPACE_RULE = 'space ::= " "?'
-# llama.cpp's own converter lets JSON break lines and indent, as models write it; a single optional space
-# pushed small models into `{ "name"...` on one line, and some of them never closed a string.
-_JSON_SPACE_RULE = r'space ::= | " " | "\n"{1,2} [ \t]{0,20}'
-_JSON_STRING_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
-
-
-def _ranges_as_enums(schema: Any) -> Any:
-    """llama.cpp's schema converter ignores integer minimum/maximum: spell a small range out as an enum."""
-    if isinstance(schema, list):
-        return [_ranges_as_enums(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: _ranges_as_enums(value) for key, value in schema.items()}
-    low, high = out.get("minimum"), out.get("maximum")
-    if (out.get("type") == "integer" and "enum" not in out and isinstance(low, int) and isinstance(high, int)
-            and 0 <= high - low <= 1000):
-        out["enum"] = list(range(low, high + 1))
-    return out
-
-
 def resolve_gguf_path(settings: Settings, field: str) -> ModelSpec:
     """The GGUF file a tier uses: the configured path, or the embedded model when none is set."""
     path: Path = getattr(settings, field)
@@ -224,24 +202,20 @@ class LlamaCppModel(Model):
         return None if gbnf is None else self._llama_cpp.llama_grammar.LlamaGrammar.from_string(gbnf, verbose=False)
 
     def _gbnf(self, params: GenerationParams) -> str | None:
-        """The GBNF grammar of response_format: any JSON object, or JSON following a schema (None: free text).
+        """The grammar of this generation: tool calls, response_format's JSON, or None for free text.
 
-        The schema was checked against MODEL_SCHEMA_* already; the grammar text is checked against
+        Schemas were checked against MODEL_SCHEMA_* already; the grammar text is checked against
         MODEL_GRAMMAR_MAX_BYTES before llama.cpp's native parser sees it.
         """
-        schema = params.json_schema
-        if schema is None:
-            return None
         grammar_module = self._llama_cpp.llama_grammar
-        if not schema:
+        if params.tools is not None and params.tools.calls_allowed:
+            gbnf = tool_gbnf(grammar_module, params.tools)
+        elif params.json_schema is None:
+            return None
+        elif not params.json_schema:
             return str(grammar_module.JSON_GBNF)
-        try:
-            gbnf = grammar_module.json_schema_to_gbnf(json.dumps(_ranges_as_enums(schema)))
-        except (AssertionError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # the converter asserts
-            raise InvalidRequestError(f"response_format's JSON schema cannot be enforced by llama.cpp: {exc}",
-                                      param="response_format") from None
-        # The converter lets raw control characters (a newline) into strings, which JSON forbids.
-        gbnf = gbnf.replace(_STRING_CHAR, _JSON_STRING_CHAR).replace(_SPACE_RULE, _JSON_SPACE_RULE)
+        else:
+            gbnf = schema_gbnf(grammar_module, params.json_schema, "response_format")
         self.schema_limits.check_grammar(gbnf)
         return gbnf
 

@@ -29,6 +29,7 @@ from ...logs import without_credentials
 from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec
 from ..embeddings import EmbeddingInput, EmbeddingModel, normalized
 from ..tiers import Tier
+from ..tools import ToolPlan
 from .endpoints import Endpoint, EndpointPool
 
 __all__ = ["OpenAIChatModel", "OpenAIModelManager"]
@@ -60,6 +61,7 @@ class OpenAIChatModel(Model):
     backend = "openai"
     concurrent = True  # the SDK client is thread-safe and the server takes parallel requests
     streams_usage = False  # some servers (llama.cpp's) send no usage in streams
+    native_tools = True  # tools, tool calls and tool results go to the server as they are
 
     def __init__(self, pool: EndpointPool, name: str, settings: Settings) -> None:
         super().__init__(name, 0)
@@ -93,8 +95,11 @@ class OpenAIChatModel(Model):
             request["seed"] = params.seed
         if params.response_format is not None:
             request["response_format"] = self._response_format(params)
+        if params.tools is not None:  # passed through; the answer is sent whole, its calls validated by the caller
+            request.update(_tool_fields(params.tools), stream=False)
+            request.pop("stream_options", None)
         answer, endpoint = self.first_answer(lambda endpoint: self._create(endpoint, request, params))
-        if params.stream:
+        if request["stream"]:
             return self._read(answer, endpoint)
         self.pool.finish(endpoint, failed=False)
         return self._whole(answer)
@@ -148,8 +153,12 @@ class OpenAIChatModel(Model):
         """A non-streamed answer: one delta with the server's own usage counts."""
         choice = answer.choices[0]
         usage = answer.usage
+        calls = [{"id": call.id, "type": "function",
+                  "function": {"name": call.function.name, "arguments": call.function.arguments}}
+                 for call in (getattr(choice.message, "tool_calls", None) or [])]
         yield Delta(choice.message.content or "", choice.finish_reason or "stop",
-                    usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+                    usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
+                    tool_calls=calls or None)
 
     def _read(self, stream: Any, endpoint: Endpoint) -> Iterator[Delta]:
         """Turn the SDK's chunks into deltas; usage comes from the server, or is counted."""
@@ -212,6 +221,14 @@ class OpenAIChatModel(Model):
         text = text.replace(self._secret, "***") if self._secret else text
         text = without_credentials(text)
         return text if len(text) <= DETAIL_CHARS else text[:DETAIL_CHARS] + "... (trimmed)"
+
+
+def _tool_fields(plan: ToolPlan) -> dict[str, Any]:
+    """tools, tool_choice and parallel_tool_calls as OpenAI's API takes them."""
+    named = plan.choice not in ("auto", "none", "required")
+    return {"tools": [{"type": "function", "function": tool} for tool in plan.tools],
+            "tool_choice": {"type": "function", "function": {"name": plan.choice}} if named else plan.choice,
+            "parallel_tool_calls": plan.parallel}
 
 
 class OpenAIEmbeddingModel(EmbeddingModel):

@@ -21,6 +21,7 @@ from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, Mo
 from ..chat_templates import ChatTemplate, fallback_template
 from ..default_model import EMBEDDED_LABEL, cache_dir_error, embedded_model_path
 from ..embeddings import EmbeddingModel
+from ..engines.gbnf import tool_gbnf
 from ..engines.structured import JsonConstraint, JsonGrammars
 from ..engines.transformers_batch import TransformersBatcher
 from ..engines.transformers_embed import TransformersEmbeddingModel
@@ -114,14 +115,20 @@ class TransformersModel(Model):
         return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special).input_ids)
 
     def _constraint(self, params: GenerationParams) -> JsonConstraint | None:
-        """The grammar that keeps this generation to response_format's JSON (None: free text)."""
+        """The grammar that keeps this generation to its tool calls or response_format's JSON (None: free text)."""
+        tools = params.tools if params.tools is not None and params.tools.calls_allowed else None
         schema = params.json_schema
-        if schema is None:
+        if tools is None and schema is None:
             return None
         with self._grammars_lock:  # the tokenizer's grammar tables take ~2 s to build: once, on first use
             if self._grammars is None:
                 vocab = max(int(self.model.config.vocab_size), len(self.tokenizer))
                 self._grammars = JsonGrammars(self.tokenizer, vocab, self.end_tokens)
+        if tools is not None:  # the same grammar as llama.cpp's (xgrammar reads GBNF)
+            import llama_cpp
+
+            return self._grammars.grammar_constraint(tool_gbnf(llama_cpp.llama_grammar, tools), "tools")
+        assert schema is not None
         return self._grammars.constraint(schema)
 
     def _generate(self, ids: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:

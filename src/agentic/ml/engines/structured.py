@@ -69,3 +69,12 @@ class JsonGrammars:
             raise InvalidRequestError(f"response_format's JSON schema cannot be enforced: {exc}",
                                       param="response_format") from None
         return JsonConstraint(self._xgr, compiled, self.vocab_size)
+
+    def grammar_constraint(self, ebnf: str, param: str) -> JsonConstraint:
+        """A fresh matcher for a grammar (GBNF / xgrammar EBNF text): tool calls (agentic.ml.tools)."""
+        try:
+            with self._lock:
+                compiled = self._compiler.compile_grammar(ebnf)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise InvalidRequestError(f"{param} cannot be enforced: {str(exc)[:300]}", param=param) from None
+        return JsonConstraint(self._xgr, compiled, self.vocab_size)
