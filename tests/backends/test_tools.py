@@ -117,8 +117,24 @@ def test_streamed_call_arrives_as_openai_streams_it(manager: BaseModelManager) -
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
-def test_sdk_round_trip_against_our_server(agentic_server: str) -> None:
-    client = openai.OpenAI(base_url=f"{agentic_server}/v1", api_key="unused", max_retries=0,
+@pytest.fixture(scope="module", params=["llama_cpp", "transformers_gpu", "openai"])
+def server_on(request: pytest.FixtureRequest, agentic_server: str,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Our server on each backend (the openai one in front of our llama.cpp server)."""
+    if request.param == "llama_cpp":
+        yield agentic_server
+        return
+    env = {"MODEL_BACKEND": request.param}
+    if request.param == "openai":
+        env.update(OPENAI_BASE_URL=f"{agentic_server}/v1", OPENAI_HEAVY_MODEL="heavy", OPENAI_LIGHT_MODEL="light",
+                   OPENAI_TIMEOUT=str(SLOW_MACHINE_TIMEOUT))
+    url, process = start_agentic_server(tmp_path_factory.mktemp(f"tools-{request.param}"), **env)
+    yield url
+    stop(process)
+
+
+def test_sdk_round_trip_against_our_server(server_on: str) -> None:
+    client = openai.OpenAI(base_url=f"{server_on}/v1", api_key="unused", max_retries=0,
                            timeout=SLOW_MACHINE_TIMEOUT)
     messages: list[Any] = list(ASK)
     first = client.chat.completions.create(model="heavy", messages=messages, tools=TOOLS, tool_choice="required",
@@ -136,3 +152,32 @@ def test_sdk_round_trip_against_our_server(agentic_server: str) -> None:
     deltas = [c.choices[0].delta for c in streamed if c.choices]
     names = [tc.function.name for d in deltas for tc in (d.tool_calls or []) if tc.function and tc.function.name]
     assert names and names[0] in {"get_weather", "add"}
+
+
+HERMES = (  # the shape of Qwen 2.5's template: it lists the tools and asks for <tool_call> blocks itself
+    "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>\n"
+    "Call with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.tool_calls %}{% for c in m.tool_calls %}"
+    "<tool_call>{\"name\": \"{{ c.function.name }}\", \"arguments\": {{ c.function.arguments | tojson }}}"
+    "</tool_call>{% endfor %}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}<|im_start|>assistant\n")
+
+
+def test_a_template_that_takes_tools_gets_them_as_they_are() -> None:
+    from agentic.ml.chat_templates import GEMMA_TEMPLATE, ChatTemplate
+    from agentic.ml.tools import template_input
+
+    template = ChatTemplate(HERMES, name="hermes-like")
+    assert template.hermes_tools and not ChatTemplate(GEMMA_TEMPLATE).hermes_tools
+    plan = check_tools(TOOLS, "auto", None)
+    conversation = [*ASK, {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                          "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}]
+    messages, tools = template_input(conversation, plan, native=True)
+    text = template.render(messages, tools)
+    assert '"name": "get_weather"' in text.split("</tools>")[0]  # the template lists the tools
+    assert '"arguments": {"city": "Paris", "unit": "celsius"}}</tool_call>' in text  # an object, not a string
+    assert "<|im_start|>tool\n18 C" in text and "You can call these functions" not in text
+    fallback, none = template_input(conversation, plan, native=False)
+    assert none is None and "You can call these functions" in fallback[0]["content"]
+    assert fallback[-1] == {"role": "user", "content": "<tool_response>\n18 C\n</tool_response>"}

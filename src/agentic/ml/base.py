@@ -46,7 +46,7 @@ from .memory_budget import MemoryBudget
 from .schema_limits import SchemaLimits
 from .shapes import ResultShape
 from .tiers import TIERS, Tier, tier_of
-from .tools import ToolCallStream, ToolPlan, check_tools, checked_calls, render_tool_messages
+from .tools import ToolCallStream, ToolPlan, check_tools, checked_calls
 
 __all__ = [
     "BaseModelManager",
@@ -80,8 +80,8 @@ class Model(ABC):
     # Whether a streamed answer carries the same usage counts as a whole one (a remote server may omit them
     # from streams); the API server streams non-streaming requests internally only when it does.
     streams_usage: bool = True
-    # Whether the backend takes `tools` itself (a remote API); else the model sees them as text and the
-    # grammar of `agentic.ml.tools` keeps its calls valid.
+    # Whether the backend takes `tools` itself (a remote API); else its `_chat` gives them to the model's chat
+    # template (`tools.template_input`) and the grammar of `agentic.ml.tools` keeps its calls valid.
     native_tools: bool = False
     # How large a response_format schema may be (MODEL_SCHEMA_*); backends set theirs from the settings.
     schema_limits: SchemaLimits = SchemaLimits()
@@ -153,8 +153,6 @@ class Model(ABC):
         params = self._params(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
         plan = self._tool_plan(tools, tool_choice, parallel_tool_calls, params)
         params = replace(params, tools=plan)
-        if not self.native_tools:  # a local model reads tools, calls and results as text in its template
-            messages = render_tool_messages(list(messages), plan)
         deltas = self._tracked(lambda: self._chat(list(messages), params))
         if plan is not None and plan.calls_allowed:
             deltas = checked_calls(deltas, plan) if self.native_tools else ToolCallStream(plan).run(deltas)

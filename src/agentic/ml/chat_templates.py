@@ -49,8 +49,14 @@ class ChatTemplate:
     stop: tuple[str, ...] = ()
     name: str = "model"
 
-    def render(self, messages: list[dict[str, Any]]) -> str:
-        """The prompt text that asks the model for the assistant's next turn."""
+    @property
+    def hermes_tools(self) -> bool:
+        """Whether the template offers tools itself and asks for `<tool_call>` blocks (Qwen 2.5, Hermes): then
+        tools, calls and results go through it as they are (see agentic.ml.tools)."""
+        return "tools" in self.source and "<tool_call>" in self.source
+
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt text that asks the model for its next turn (`tools`: for a template that takes them)."""
         environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
 
         def raise_exception(message: str) -> None:
@@ -59,7 +65,7 @@ class ChatTemplate:
 
         try:
             return environment.from_string(self.source).render(
-                messages=messages, bos_token=self.bos_token, eos_token=self.eos_token,
+                messages=messages, tools=tools, bos_token=self.bos_token, eos_token=self.eos_token,
                 add_generation_prompt=True, raise_exception=raise_exception,
                 strftime_now=lambda fmt: datetime.now().strftime(fmt),
             )
@@ -67,7 +73,8 @@ class ChatTemplate:
             raise InvalidRequestError(f"The chat template of {self.name} failed on these messages: {exc}",
                                       param="messages") from None
 
-    def tokenize(self, messages: list[dict[str, Any]], tokenize: Tokenize, bos: list[int]) -> list[int]:
+    def tokenize(self, messages: list[dict[str, Any]], tokenize: Tokenize, bos: list[int],
+                 tools: list[dict[str, Any]] | None = None) -> list[int]:
         """The prompt's tokens, with the messages' own text never read as control tokens.
 
         Only the template's markup may become control tokens: `<start_of_turn>` typed by a user costs
@@ -75,14 +82,14 @@ class ChatTemplate:
         whose messages hold no control-token text are tokenized in one piece, exactly as before.
         `bos` is prepended unless the rendered text starts with the BOS token itself.
         """
-        text = self.render(messages)
+        text = self.render(messages, tools)
         start = [] if self.bos_token and text.startswith(self.bos_token) else bos
         contents = [(index, message["content"]) for index, message in enumerate(messages)
                     if isinstance(message.get("content"), str) and message["content"]]
         risky = [index for index, content in contents if tokenize(content, True) != tokenize(content, False)]
         if not risky:
             return start + tokenize(text, True)
-        pieces = self._split(messages, text, [index for index, _ in contents])
+        pieces = self._split(messages, text, [index for index, _ in contents], tools)
         if pieces is None:
             raise InvalidRequestError(
                 f"messages[{risky[0]}].content holds control-token text that the chat template of {self.name} "
@@ -93,7 +100,8 @@ class ChatTemplate:
             tokens += tokenize(piece, not literal)
         return tokens
 
-    def _split(self, messages: list[dict[str, Any]], text: str, indexes: list[int]) -> list[tuple[str, bool]] | None:
+    def _split(self, messages: list[dict[str, Any]], text: str, indexes: list[int],
+               tools: list[dict[str, Any]] | None) -> list[tuple[str, bool]] | None:
         """`text` cut into (markup, False) and (message content, True) pieces; None if the two cannot be told apart.
 
         The template is rendered once more with a placeholder for each content, which shows its markup;
@@ -103,7 +111,7 @@ class ChatTemplate:
         marked = [dict(message) for message in messages]
         for number, index in enumerate(indexes):
             marked[index]["content"] = f"{_MARK}{number}{_MARK}"
-        parts = self.render(marked).split(_MARK)
+        parts = self.render(marked, tools).split(_MARK)
         if len(parts) != 2 * len(indexes) + 1:
             return None
         markup, pieces, position = parts[0::2], [], 0

@@ -29,7 +29,7 @@ from ..errors import InvalidOutputError, InvalidRequestError
 from .generation import Delta, Message, close_iterator
 
 __all__ = ["CALL_CLOSE", "CALL_OPEN", "ToolCallStream", "ToolPlan", "check_tools", "checked_calls", "parse_calls",
-           "render_tool_messages", "tool_system_text", "validate_calls"]
+           "render_tool_messages", "template_input", "tool_system_text", "validate_calls"]
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -120,6 +120,24 @@ def tool_system_text(plan: ToolPlan) -> str:
     return (f"You can call these functions (JSON schemas):\n<tools>\n{listed}\n</tools>\nTo call a function, answer "
             f"with{many} only:\n{CALL_OPEN}\n{{\"name\": <function name>, \"arguments\": <arguments object>}}\n"
             f"{CALL_CLOSE}\nA function's result comes back in a <tool_response> block. {how}")
+
+
+def template_input(messages: list[Message], plan: ToolPlan | None,
+                   native: bool) -> tuple[list[Message], list[dict[str, Any]] | None]:
+    """(messages, tools) for a local model's chat template. A template that takes tools in this format
+    (`native`, e.g. Qwen 2.5's) gets them as they are, with each call's arguments as an object; any other
+    gets them written out (`render_tool_messages`)."""
+    if not native:
+        return render_tool_messages(messages, plan), None
+    out = []
+    for message in messages:
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            calls = [{"type": "function", "id": call.get("id"), "function": _as_block(call)}
+                     for call in message["tool_calls"]]
+            message = {**message, "tool_calls": calls}
+        out.append(message)
+    offered = [{"type": "function", "function": tool} for tool in plan.offered] if plan and plan.calls_allowed else None
+    return out, offered
 
 
 def render_tool_messages(messages: list[Message], plan: ToolPlan | None) -> list[Message]:

@@ -33,6 +33,7 @@ from ..engines.llama_embed import LlamaEmbedder
 from ..generation import GenerationRequest
 from ..gguf import check_gguf, gguf_footprint_mb
 from ..tiers import Tier
+from ..tools import template_input
 
 __all__ = ["LlamaCppModel", "ModelManager", "resolve_gguf_path"]
 
@@ -165,7 +166,8 @@ class LlamaCppModel(Model):
     def _chat(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
         model = self.llama._model
         bos = [model.token_bos()] if model.token_bos() >= 0 and model.add_bos_token() else []
-        tokens = self.template.tokenize(messages, self._tokenize, bos)
+        messages, tools = template_input(messages, params.tools, self.template.hermes_tools)
+        tokens = self.template.tokenize(messages, self._tokenize, bos, tools)
         return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages")
 
     def _generate(self, tokens: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:

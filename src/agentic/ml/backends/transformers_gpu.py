@@ -27,6 +27,7 @@ from ..engines.transformers_batch import TransformersBatcher
 from ..engines.transformers_embed import TransformersEmbeddingModel
 from ..generation import GenerationRequest
 from ..tiers import Tier
+from ..tools import template_input
 
 __all__ = ["GPUModelManager", "TransformersModel"]
 
@@ -107,7 +108,8 @@ class TransformersModel(Model):
         return self._generate(self.tokenizer(prompt).input_ids, params, "prompt")
 
     def _chat(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
-        ids = self.template.tokenize(messages, self._tokenize, self._bos)
+        messages, tools = template_input(messages, params.tools, self.template.hermes_tools)
+        ids = self.template.tokenize(messages, self._tokenize, self._bos, tools)
         return self._generate(ids, replace(params, stop=params.stop + self.template.stop), "messages")
 
     def _tokenize(self, text: str, special: bool) -> list[int]:
