@@ -102,10 +102,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (default: API_HOST, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: API_PORT, 8000).")] = None,
 ) -> None:
-    """Serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models,
-    /v1/ideas/analyze,
-    /health, /ready, /metrics). POST /admin/reload or SIGHUP re-reads .env without a restart. Limits: API_KEYS,
-    API_MAX_BODY_BYTES, API_MAX_CONNECTIONS, API_HEADER_TIMEOUT, API_BODY_TIMEOUT, MODEL_SCHEMA_* (see README)."""
+    """Serve the OpenAI-compatible API (/v1/chat/completions with tools, /v1/completions, /v1/embeddings,
+    /v1/models, /v1/ideas/analyze, /health, /ready, /metrics). POST /admin/reload or SIGHUP re-reads .env without a
+    restart. Limits: API_KEYS, API_MAX_BODY_BYTES, API_MAX_CONNECTIONS, API_HEADER_TIMEOUT, API_BODY_TIMEOUT,
+    MODEL_SCHEMA_* (see README)."""
     from .api.app import serve as serve_api
 
     _run(lambda: serve_api(load_settings(), host=host, port=port))
