@@ -3,7 +3,8 @@
 One worker thread owns an embedding context (`n_batch` = `n_ubatch` = the context, so an input of up to
 the context size is pooled whole). Callers queue their token lists; each pass the worker takes every
 queued caller's inputs and packs them, in order, into as few decode calls as the context allows: the
-inputs of one request, and of concurrent requests, are embedded together, not one by one.
+inputs of one request, and of concurrent requests, are embedded together (in passes of up to PASS_TOKENS
+tokens), not one by one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from ..embeddings import normalized
 __all__ = ["LlamaEmbedder"]
 
 _log = logging.getLogger(__name__)
+# Tokens packed into one decode call. The inputs share one KV buffer, so every token's attention spans the whole
+# pass (masked): measured on 8 concurrent requests of 32 short texts, 512-token passes embed 23 inputs/s where
+# 4,096-token passes managed 11-14. A longer input is decoded alone.
+PASS_TOKENS = 512
 _LIVENESS_CHECK = 1.0  # seconds a caller waits before checking that the worker still runs
 
 
@@ -51,6 +56,7 @@ class LlamaEmbedder:
         self._wake = threading.Condition()
         self._closed = False
         self.passes = 0  # decode calls made, for tests and benchmarks
+        self.pass_tokens = min(PASS_TOKENS, context_size)  # tokens packed into one decode call (a longer input: alone)
         self._worker = threading.Thread(target=self._loop, name="llama-embed", daemon=True)
         self._worker.start()
         atexit.register(self.close)
@@ -113,8 +119,8 @@ class LlamaEmbedder:
         pending = deque((job, tokens) for job in jobs for tokens in job.inputs)
         while pending:
             batch: list[tuple[_Job, list[int]]] = []
-            used = 0
-            while pending and len(batch) < self._max_sequences and used + len(pending[0][1]) <= self.context_size:
+            used, budget = 0, max(self.pass_tokens, len(pending[0][1]))
+            while pending and len(batch) < self._max_sequences and used + len(pending[0][1]) <= budget:
                 job, tokens = pending.popleft()
                 batch.append((job, tokens))
                 used += len(tokens)
