@@ -19,10 +19,7 @@ from typing import Any
 
 import httpx
 from load import Server
-from peer import IDEAS, llama_server_binary, report
-
-from agentic.config import load_settings, physical_cores
-from agentic.ml.default_model import embedded_model_path
+from peer import IDEAS, report, setup
 
 TEXTS = [f"Business idea {index}: {IDEAS[index % len(IDEAS)]} for {audience}"
          for index, audience in enumerate(["students", "retirees", "small shops", "farmers", "nurses", "tourists",
@@ -58,11 +55,7 @@ def _cosine(a: list[float], b: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--llama-server", help="a llama-server binary (default: build it once from the sources)")
-    args = parser.parse_args()
-    binary = llama_server_binary(args.llama_server)
-    gguf = embedded_model_path(load_settings(env_file=None).model_cache_dir)
-    threads = physical_cores()
+    args, binary, gguf, threads = setup(parser)
     ours = Server.agentic(8111, {"MODEL_CONTEXT_SIZE": "8192", "MODEL_N_THREADS": str(threads),
                                  "API_MAX_QUEUE": "256"})
     ours.model = "embedding"

@@ -154,6 +154,14 @@ def llama_server_binary(explicit: str | None) -> Path:
     return binary
 
 
+def setup(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Path, Path, int]:
+    """--llama-server parsed with the script's own options: (args, llama-server binary, the GGUF, threads)."""
+    parser.add_argument("--llama-server", help="a llama-server binary (default: build it once from the sources)")
+    args = parser.parse_args()
+    gguf = embedded_model_path(load_settings(env_file=None).model_cache_dir)
+    return args, llama_server_binary(args.llama_server), gguf, physical_cores()
+
+
 def servers(binary: Path, gguf: Path, slots: int, threads: int) -> tuple[Server, Server]:
     ours = Server.agentic(8101, {"MODEL_PARALLEL": str(slots), "MODEL_CONTEXT_SIZE": "2048", "MODEL_PRELOAD": "true",
                                  "MODEL_N_THREADS": str(threads), "API_MAX_QUEUE": "256"})
@@ -204,14 +212,10 @@ def proxied(binary: Path, gguf: Path, threads: int) -> tuple[Server, Server]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--llama-server", help="a llama-server binary (default: build it once from the sources)")
     parser.add_argument("--proxy", action="store_true",
                         help="also measure llama-server behind agentic's openai backend (a managed llama-server's "
                              "cost: the proxy hop per token)")
-    args = parser.parse_args()
-    binary = llama_server_binary(args.llama_server)
-    gguf = embedded_model_path(load_settings(env_file=None).model_cache_dir)
-    threads = physical_cores()
+    args, binary, gguf, threads = setup(parser)
     figures: dict[str, list[dict[str, float]]] = {}
     sixteen = {"idle memory, 16 slots": idle_memory, "1 streaming client, 64 tokens": streaming(1, 64),
                "16 clients, 64 tokens": streaming(16, 64), "16 clients, 256 tokens": streaming(16, 256),

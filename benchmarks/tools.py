@@ -20,10 +20,7 @@ from typing import Any
 import httpx
 import jsonschema
 from load import Server
-from peer import llama_server_binary, report
-
-from agentic.config import load_settings, physical_cores
-from agentic.ml.default_model import embedded_model_path
+from peer import report, setup
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.",
@@ -84,11 +81,7 @@ def workload(choice: str, requests: int) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--llama-server", help="a llama-server binary (default: build it once from the sources)")
-    args = parser.parse_args()
-    binary = llama_server_binary(args.llama_server)
-    gguf = embedded_model_path(load_settings(env_file=None).model_cache_dir)
-    threads = physical_cores()
+    args, binary, gguf, threads = setup(parser)
     ours = Server.agentic(8121, {"MODEL_PARALLEL": "8", "MODEL_CONTEXT_SIZE": "2048", "MODEL_PRELOAD": "true",
                                  "MODEL_N_THREADS": str(threads), "API_MAX_QUEUE": "256"})
     peer = Server("llama-server", [str(binary), "-m", str(gguf), "--port", "8122", "--host", "127.0.0.1",

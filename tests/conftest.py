@@ -118,6 +118,28 @@ def llama_server(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         stop(process)
 
 
+@pytest.fixture(scope="session")
+def agentic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Our own server on the llama.cpp backend (defaults, the embedded model), shared by the whole session."""
+    url, process = start_agentic_server(tmp_path_factory.mktemp("agentic_server"))
+    try:
+        yield url
+    finally:
+        stop(process)
+
+
+def manager_on(backend: str, request: pytest.FixtureRequest) -> Any:
+    """A manager of `backend` for a test module; the openai one talks to our own llama.cpp server."""
+    from agentic.ml.model_factory import create_model_manager
+
+    overrides: dict[str, Any] = {"model_backend": backend, "model_n_threads": 2}
+    if backend == "openai":
+        overrides.update(openai_base_url=f"{request.getfixturevalue('agentic_server')}/v1",
+                         openai_heavy_model="heavy", openai_light_model="light", openai_embedding_model="embedding",
+                         openai_timeout=SLOW_MACHINE_TIMEOUT)
+    return create_model_manager(make_settings(**overrides))
+
+
 def start_agentic_server(tmp_dir: Path, **env: str) -> tuple[str, subprocess.Popen[bytes]]:
     """Our API started as the guide says (`python src/agentic/api/app.py`); returns (base URL, process)."""
     port = free_port()

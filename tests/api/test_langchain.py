@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
@@ -11,7 +9,7 @@ from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 from pydantic import BaseModel
 
 from agentic.ml.embeddings import cosine
-from conftest import SLOW_MACHINE_TIMEOUT, start_agentic_server, stop
+from conftest import SLOW_MACHINE_TIMEOUT
 
 
 @tool
@@ -28,10 +26,8 @@ class Idea(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url, process = start_agentic_server(tmp_path_factory.mktemp("langchain"))
-    yield f"{url}/v1"
-    stop(process)
+def server(agentic_server: str) -> str:
+    return f"{agentic_server}/v1"
 
 
 def _chat(server: str) -> ChatOpenAI:

@@ -16,7 +16,7 @@ from agentic.ml.backends.llama_cpp import LlamaCppEmbeddingModel
 from agentic.ml.base import BaseModelManager
 from agentic.ml.embeddings import EmbeddingModel, cosine
 from agentic.ml.model_factory import create_model_manager
-from conftest import make_settings, start_agentic_server, stop
+from conftest import make_settings, manager_on
 
 TEXTS = ["a bakery for dogs", "a cake shop for pets", "quantum error correction"]
 
@@ -25,20 +25,9 @@ def _dot(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True))
 
 
-@pytest.fixture(scope="module")
-def agentic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url, process = start_agentic_server(tmp_path_factory.mktemp("embed-server"))
-    yield url
-    stop(process)
-
-
 @pytest.fixture(scope="module", params=["llama_cpp", "transformers_gpu", "openai"])
 def manager(request: pytest.FixtureRequest) -> Iterator[BaseModelManager]:
-    overrides: dict[str, Any] = {"model_backend": request.param, "model_n_threads": 2}
-    if request.param == "openai":  # a real OpenAI-compatible server with /v1/embeddings: our own, on llama.cpp
-        overrides.update(openai_base_url=f"{request.getfixturevalue('agentic_server')}/v1",
-                         openai_embedding_model="embedding", openai_timeout=3600.0)
-    manager = create_model_manager(make_settings(**overrides))
+    manager: BaseModelManager = manager_on(request.param, request)
     yield manager
     manager.close()
 

@@ -13,9 +13,8 @@ import pytest
 
 from agentic.errors import InvalidOutputError, InvalidRequestError
 from agentic.ml.base import BaseModelManager
-from agentic.ml.model_factory import create_model_manager
 from agentic.ml.tools import ToolPlan, check_tools, parse_calls
-from conftest import SLOW_MACHINE_TIMEOUT, make_settings, start_agentic_server, stop
+from conftest import SLOW_MACHINE_TIMEOUT, manager_on, start_agentic_server, stop
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city.",
@@ -46,6 +45,9 @@ def test_tools_and_choice_are_checked_by_name() -> None:
         check_tools(None, "required", None)
     assert caught.value.param == "tool_choice"
     assert check_tools([], None, None) is None
+    with pytest.raises(InvalidRequestError) as caught:
+        check_tools([{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}], None, None)
+    assert caught.value.param == "tools[0].function.parameters"
 
 
 def test_a_call_whose_arguments_do_not_validate_is_an_error() -> None:
@@ -59,20 +61,9 @@ def test_a_call_whose_arguments_do_not_validate_is_an_error() -> None:
         parse_calls("It is sunny.", plan)
 
 
-@pytest.fixture(scope="module")
-def agentic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url, process = start_agentic_server(tmp_path_factory.mktemp("tools-server"))
-    yield url
-    stop(process)
-
-
 @pytest.fixture(scope="module", params=["llama_cpp", "transformers_gpu", "openai"])
 def manager(request: pytest.FixtureRequest) -> Iterator[BaseModelManager]:
-    overrides: dict[str, Any] = {"model_backend": request.param, "model_n_threads": 2}
-    if request.param == "openai":  # a real OpenAI-compatible server that takes tools: our own, on llama.cpp
-        overrides.update(openai_base_url=f"{request.getfixturevalue('agentic_server')}/v1",
-                         openai_heavy_model="heavy", openai_light_model="light", openai_timeout=SLOW_MACHINE_TIMEOUT)
-    manager = create_model_manager(make_settings(**overrides))
+    manager: BaseModelManager = manager_on(request.param, request)
     yield manager
     manager.close()
 

@@ -76,9 +76,15 @@ def _tool(index: int, value: Any) -> dict[str, Any]:
             "..., 'parameters': {JSON schema}}}}; names are 1-64 letters, digits, _ or -.", param=f"tools[{index}]")
     assert isinstance(function, dict)
     parameters = function.get("parameters") or _EMPTY_PARAMETERS
-    if not isinstance(parameters, dict):
-        raise InvalidRequestError(f"tools[{index}].function.parameters must be a JSON schema object.",
-                                  param=f"tools[{index}].function.parameters")
+    import jsonschema
+
+    try:
+        if not isinstance(parameters, dict):
+            raise jsonschema.SchemaError("it is not an object")
+        jsonschema.validators.validator_for(parameters).check_schema(parameters)
+    except jsonschema.SchemaError as exc:
+        raise InvalidRequestError(f"tools[{index}].function.parameters is not a valid JSON schema: "
+                                  f"{str(exc).splitlines()[0]}", param=f"tools[{index}].function.parameters") from None
     return {"name": name, "description": str(function.get("description") or ""), "parameters": parameters}
 
 
