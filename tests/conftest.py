@@ -128,6 +128,24 @@ def agentic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop(process)
 
 
+@pytest.fixture(scope="session", params=["llama_cpp", "transformers_gpu", "openai"])
+def server_on(request: pytest.FixtureRequest, agentic_server: str,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Our server on each backend (the openai one in front of our llama.cpp server); its base URL."""
+    if request.param == "llama_cpp":
+        yield agentic_server
+        return
+    env = {"MODEL_BACKEND": request.param}
+    if request.param == "openai":
+        env.update(OPENAI_BASE_URL=f"{agentic_server}/v1", OPENAI_HEAVY_MODEL="heavy", OPENAI_LIGHT_MODEL="light",
+                   OPENAI_EMBEDDING_MODEL="embedding", OPENAI_TIMEOUT=str(SLOW_MACHINE_TIMEOUT))
+    url, process = start_agentic_server(tmp_path_factory.mktemp(f"server-{request.param}"), **env)
+    try:
+        yield url
+    finally:
+        stop(process)
+
+
 def manager_on(backend: str, request: pytest.FixtureRequest) -> Any:
     """A manager of `backend` for a test module; the openai one talks to our own llama.cpp server."""
     from agentic.ml.model_factory import create_model_manager

@@ -1,4 +1,4 @@
-"""A LangChain agent and LangChain embeddings against our server, with no change to LangChain's code."""
+"""A LangChain agent and LangChain embeddings against our server on each backend, with no change to LangChain's code."""
 
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ class Idea(BaseModel):
     score: int
 
 
-@pytest.fixture(scope="module")
-def server(agentic_server: str) -> str:
-    return f"{agentic_server}/v1"
+@pytest.fixture()
+def server(server_on: str) -> str:
+    """Our server on each backend (see conftest.server_on)."""
+    return f"{server_on}/v1"
 
 
 def _chat(server: str) -> ChatOpenAI:

@@ -14,7 +14,7 @@ import pytest
 from agentic.errors import InvalidOutputError, InvalidRequestError
 from agentic.ml.base import BaseModelManager
 from agentic.ml.tools import ToolPlan, check_tools, parse_calls
-from conftest import SLOW_MACHINE_TIMEOUT, manager_on, start_agentic_server, stop
+from conftest import SLOW_MACHINE_TIMEOUT, manager_on
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city.",
@@ -106,22 +106,6 @@ def test_streamed_call_arrives_as_openai_streams_it(manager: BaseModelManager) -
     jsonschema.validate(json.loads(arguments), next(
         t for t in TOOLS if t["function"]["name"] == first["function"]["name"])["function"]["parameters"])
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
-
-
-@pytest.fixture(scope="module", params=["llama_cpp", "transformers_gpu", "openai"])
-def server_on(request: pytest.FixtureRequest, agentic_server: str,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Our server on each backend (the openai one in front of our llama.cpp server)."""
-    if request.param == "llama_cpp":
-        yield agentic_server
-        return
-    env = {"MODEL_BACKEND": request.param}
-    if request.param == "openai":
-        env.update(OPENAI_BASE_URL=f"{agentic_server}/v1", OPENAI_HEAVY_MODEL="heavy", OPENAI_LIGHT_MODEL="light",
-                   OPENAI_TIMEOUT=str(SLOW_MACHINE_TIMEOUT))
-    url, process = start_agentic_server(tmp_path_factory.mktemp(f"tools-{request.param}"), **env)
-    yield url
-    stop(process)
 
 
 def test_sdk_round_trip_against_our_server(server_on: str) -> None:
