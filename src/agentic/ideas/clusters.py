@@ -11,11 +11,11 @@ not grouped (its mean says too little about the average idea).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..ml.base import BaseModelManager
+from ..ml.embeddings import cosine
 from .schemas import Idea
 
 __all__ = ["DEFAULT_THRESHOLD", "MIN_IDEAS", "Cluster", "centered", "find_clusters", "load_clusters", "write_clusters"]
@@ -41,11 +41,6 @@ def centered(vectors: list[list[float]]) -> list[list[float]]:
     return [[value - average for value, average in zip(vector, mean, strict=True)] for vector in vectors]
 
 
-def _cosine(a: list[float], b: list[float]) -> float:
-    norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return sum(x * y for x, y in zip(a, b, strict=True)) / norms if norms > 0 else 0.0
-
-
 def find_clusters(vectors: list[list[float]], threshold: float) -> list[tuple[list[int], float]]:
     """Groups of indexes linked by a centered cosine >= threshold (largest group first), each with its weakest link."""
     points = centered(vectors)
@@ -58,7 +53,7 @@ def find_clusters(vectors: list[list[float]], threshold: float) -> list[tuple[li
         return index
 
     weakest: dict[int, float] = {}
-    links = [(i, j, _cosine(points[i], points[j])) for i in range(len(points)) for j in range(i + 1, len(points))]
+    links = [(i, j, cosine(points[i], points[j])) for i in range(len(points)) for j in range(i + 1, len(points))]
     for i, j, similarity in sorted(links, key=lambda link: -link[2]):
         if similarity < threshold:
             break

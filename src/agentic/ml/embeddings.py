@@ -81,11 +81,11 @@ class EmbeddingModel(ABC):
 
     @abstractmethod
     def _embed(self, inputs: list[EmbeddingInput], dimensions: int | None) -> tuple[list[list[float]], int]:
-        """Normalized vectors of `inputs`, in order, and the tokens they took."""
+        """Normalized vectors of `inputs` (as `tokenized` returned them), in order, and the tokens they took."""
 
-    def count_tokens(self, item: EmbeddingInput) -> int | None:
-        """Tokens `item` takes (None: the backend cannot tell before sending it)."""
-        return len(item) if isinstance(item, list) else None
+    def tokenized(self, item: EmbeddingInput) -> EmbeddingInput:
+        """`item` as `_embed` takes it: a local backend's token ids (checked here, once); by default as it is."""
+        return item
 
     def create_embedding(self, input: Any, model: str | None = None, encoding_format: str = "float",
                          dimensions: int | None = None, **extra: Any) -> dict[str, Any]:
@@ -115,13 +115,12 @@ class EmbeddingModel(ABC):
             raise InvalidRequestError(
                 f"dimensions={dimensions!r} is not available: {self.name} gives vectors of {self.dimensions} "
                 "dimensions and cannot shorten them. Leave dimensions unset.", param="dimensions")
-        inputs = _inputs(input)
+        inputs = [self.tokenized(item) for item in _inputs(input)]
         for index, item in enumerate(inputs):
-            count = self.count_tokens(item)
-            if self.context_size and count is not None and count > self.context_size:
+            if self.context_size and isinstance(item, list) and len(item) > self.context_size:
                 raise ContextLengthExceededError(
-                    f"input[{index}] is {count} tokens, but {self.name} embeds at most {self.context_size} tokens "
-                    "at once. Split the text (it is never cut silently), or raise MODEL_CONTEXT_SIZE.",
+                    f"input[{index}] is {len(item)} tokens, but {self.name} embeds at most {self.context_size} "
+                    "tokens at once. Split the text (it is never cut silently), or raise MODEL_CONTEXT_SIZE.",
                     param=f"input[{index}]")
         return inputs
 

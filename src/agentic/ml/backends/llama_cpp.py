@@ -11,7 +11,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ... import checks
 from ...checks import Check
@@ -250,7 +250,7 @@ class LlamaCppEmbeddingModel(EmbeddingModel):
         self._vocab = int(self.engine.llama.n_vocab())
         super().__init__(path.name, settings.model_context_size, self.engine.dimensions)
 
-    def _tokens(self, item: EmbeddingInput) -> list[int]:
+    def tokenized(self, item: EmbeddingInput) -> list[int]:
         if isinstance(item, str):
             return self.engine.tokenize(item)
         if max(item) >= self._vocab:
@@ -258,11 +258,8 @@ class LlamaCppEmbeddingModel(EmbeddingModel):
                                       f"(ids 0-{self._vocab - 1}).", param="input")
         return item
 
-    def count_tokens(self, item: EmbeddingInput) -> int:
-        return len(self._tokens(item))
-
     def _embed(self, inputs: list[EmbeddingInput], dimensions: int | None) -> tuple[list[list[float]], int]:
-        tokens = [self._tokens(item) for item in inputs]
+        tokens = cast(list[list[int]], inputs)  # `tokenized` made every input token ids
         return self.engine.embed(tokens), sum(len(each) for each in tokens)
 
     def close(self) -> None:

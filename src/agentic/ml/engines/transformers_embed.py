@@ -8,7 +8,7 @@ does not).
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 
 from ..embeddings import EmbeddingInput, EmbeddingModel, normalized
 
@@ -32,14 +32,11 @@ class TransformersEmbeddingModel(EmbeddingModel):
         self._turn = threading.Lock()
         super().__init__(name, context_size, int(model.config.hidden_size))
 
-    def _tokens(self, item: EmbeddingInput) -> list[int]:
+    def tokenized(self, item: EmbeddingInput) -> list[int]:
         return list(item) if isinstance(item, list) else list(self.tokenizer(item).input_ids)
 
-    def count_tokens(self, item: EmbeddingInput) -> int:
-        return len(self._tokens(item))
-
     def _embed(self, inputs: list[EmbeddingInput], dimensions: int | None) -> tuple[list[list[float]], int]:
-        tokens = [self._tokens(item) for item in inputs]
+        tokens = cast(list[list[int]], inputs)  # `tokenized` made every input token ids
         vectors: list[list[float]] = []
         with self._turn:
             for start in range(0, len(tokens), BATCH_INPUTS):
