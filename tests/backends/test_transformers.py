@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from agentic.errors import ContextLengthExceededError, ModelNotAvailableError, OutOfMemoryError
+from agentic.errors import ContextLengthExceededError, ModelLoadError, ModelNotAvailableError, OutOfMemoryError
+from agentic.ml.backends.transformers_gpu import PROBE_TEXT, check_converted_tokenizer, logits_are_finite
 from agentic.ml.gpu_model_manager import GPUModelManager, TransformersModel
 from agentic.ml.model_manager import ModelManager
 from conftest import make_settings
@@ -177,3 +178,44 @@ def test_batcher_close_is_idempotent_and_refuses_new_work() -> None:
     batcher.close()
     with pytest.raises(ModelClosedError, match="closed"):
         batcher.generate(GenerationRequest([1, 2, 3], 4, SamplingSpec(0.0, 1.0)))
+
+
+def _converted_directory(manager: GPUModelManager) -> str:
+    import transformers
+
+    return manager._local_directory(manager.specs["heavy"], transformers)
+
+
+def test_a_dtype_that_overflows_is_caught_at_load(manager: GPUModelManager) -> None:
+    """Gemma 3 in float16 computes NaN logits (seen on an H200, and on the CPU alike): the load-time probe sees it."""
+    import torch
+    import transformers
+
+    directory = _converted_directory(manager)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    half = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float16).eval()
+    assert not logits_are_finite(half, tokenizer)
+    model, _ = manager.get(heavy=True)
+    assert logits_are_finite(model.model, tokenizer)  # float32 here
+    # Without a bfloat16 GPU to fall back on, the load is refused with the setting to change.
+    with pytest.raises(ModelLoadError) as refused:
+        manager._reload_without_overflow(half, directory, {"dtype": torch.float16}, manager.specs["heavy"])
+    assert refused.value.param == "GPU_TORCH_DTYPE" and "GPU_TORCH_DTYPE=float32" in refused.value.message
+
+
+class _OneTokenPerCharacter:
+    """What transformers 5.17 made of the Gemma GGUF's tokenizer (seen on the H200 machine): a char-level split."""
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": [ord(char) for char in text]}
+
+
+def test_a_gguf_tokenizer_converted_wrongly_is_refused(manager: GPUModelManager, gemma_path: Path) -> None:
+    import transformers
+
+    check_converted_tokenizer(gemma_path, transformers.AutoTokenizer.from_pretrained(_converted_directory(manager)))
+    with pytest.raises(ModelLoadError) as refused:
+        check_converted_tokenizer(gemma_path, _OneTokenPerCharacter())
+    message = refused.value.message
+    assert "converts the tokenizer of gemma-3-270m-q4_k_m.gguf wrongly" in message
+    assert f"is {len(PROBE_TEXT)} tokens" not in message and f"{len(PROBE_TEXT)} after conversion" in message

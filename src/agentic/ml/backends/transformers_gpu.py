@@ -16,7 +16,7 @@ from typing import Any
 
 from ...checks import Check
 from ...config import Settings, apply_gpu_environment
-from ...errors import BackendNotInstalledError, ModelNotAvailableError, OutOfMemoryError
+from ...errors import BackendNotInstalledError, ModelLoadError, ModelNotAvailableError, OutOfMemoryError
 from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, ModelSpec, TokenTextStream
 from ..chat_templates import ChatTemplate, fallback_template
 from ..default_model import EMBEDDED_LABEL, cache_dir_error, embedded_model_path
@@ -33,6 +33,9 @@ __all__ = ["GPUModelManager", "TransformersModel"]
 
 _log = logging.getLogger(__name__)
 TOP_K = 40  # the same default as llama.cpp, so both local backends sample alike
+# One forward pass on this text after loading: a dtype that overflows (Gemma 2/3 in float16) gives NaN logits.
+# Also the tokenizer check after a .gguf conversion: transformers must split it as the file's own vocabulary does.
+PROBE_TEXT = "The capital of France is Paris. Ünïcödé, 12345!"
 OOM_HELP = (
     "CUDA out of memory while {what}. Lower GPU_MAX_MEMORY to leave room for activations, use "
     "GPU_TORCH_DTYPE=float16 (half of float32), pick a smaller GPU_HEAVY_MODEL / GPU_LIGHT_MODEL, or shorten "
@@ -189,6 +192,36 @@ class TransformersModel(Model):
             self._torch.cuda.empty_cache()
 
 
+def logits_are_finite(model: Any, tokenizer: Any) -> bool:
+    """One forward pass on PROBE_TEXT: False when any logit is NaN or inf (an overflowing dtype)."""
+    torch, _ = _import_torch_stack()
+    ids = tokenizer(PROBE_TEXT, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+    with torch.inference_mode():
+        return bool(torch.isfinite(model(input_ids=ids).logits).all())
+
+
+def check_converted_tokenizer(gguf: Path, tokenizer: Any) -> None:
+    """Refuse a conversion whose tokenizer splits text unlike the GGUF file's own vocabulary (seen with
+    transformers 5.17 on Gemma 3: one token per character), since the weights only know the file's ids."""
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    try:
+        expected = vocab.tokenize(PROBE_TEXT.encode(), add_bos=False, special=False)
+    finally:
+        vocab.close()
+    converted = list(tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"])
+    if converted != expected:
+        import transformers
+
+        raise ModelLoadError(
+            f"transformers {transformers.__version__} converts the tokenizer of {gguf.name} wrongly: "
+            f"{PROBE_TEXT!r} is {len(expected)} tokens in the file and {len(converted)} after conversion, so the "
+            "model would read garbage. Upgrade transformers (pip install -U transformers; 5.24 converts it "
+            "right), or point GPU_HEAVY_MODEL / GPU_LIGHT_MODEL at the original model's hub id or folder."
+        )
+
+
 def _model_available(variable: str, reference: str | None) -> Check:
     """A tier's model is the embedded one, a local path, or a hub id already in the local cache."""
     if reference is None or Path(reference).expanduser().exists():
@@ -255,12 +288,31 @@ class GPUModelManager(BaseModelManager):
         _log.info("Loading %s (%s) with transformers", spec.key, spec.origin)
         try:
             directory = self._local_directory(spec, transformers)
-            model = transformers.AutoModelForCausalLM.from_pretrained(directory, **options)
             tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+            model = transformers.AutoModelForCausalLM.from_pretrained(directory, **options).eval()
+            if not logits_are_finite(model, tokenizer):
+                model = self._reload_without_overflow(model, directory, options, spec)
         except torch.cuda.OutOfMemoryError:
             raise OutOfMemoryError(OOM_HELP.format(what=f"loading {spec.name}")) from None
-        model.eval()
         return TransformersModel(spec.name, model, tokenizer, self.settings)
+
+    def _reload_without_overflow(self, model: Any, directory: str, options: dict[str, Any], spec: ModelSpec) -> Any:
+        """The model gave NaN/inf logits: in float16 (Gemma 2/3 overflow there) reload in bfloat16 where the GPU
+        has it; otherwise refuse with the setting to change, rather than answer with padding tokens."""
+        torch, transformers = _import_torch_stack()
+        dtype = self.settings.gpu_torch_dtype
+        del model
+        if options["dtype"] == torch.float16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            _log.warning("GPU_TORCH_DTYPE=float16 overflows in %s (NaN logits): loaded in bfloat16 instead. "
+                         "Set GPU_TORCH_DTYPE=bfloat16 to load it that way directly.", spec.name)
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                directory, **{**options, "dtype": torch.bfloat16}).eval()
+            if logits_are_finite(model, transformers.AutoTokenizer.from_pretrained(directory)):
+                return model
+        fix = ("use GPU_TORCH_DTYPE=float32 (this GPU has no bfloat16)" if dtype == "float16"
+               else "check the model files (a damaged download gives NaN weights)")
+        raise ModelLoadError(f"{spec.origin}: {spec.name} computes NaN/inf logits in {dtype} "
+                             f"(GPU_TORCH_DTYPE={dtype}): {fix}.", param="GPU_TORCH_DTYPE")
 
     @classmethod
     def embedding_label(cls, settings: Settings) -> str:
@@ -309,6 +361,7 @@ class GPUModelManager(BaseModelManager):
             raise cache_dir_error(cache_dir, exc) from None
         _log.info("Converting %s for transformers into %s (once; later loads take seconds)", gguf, target)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        check_converted_tokenizer(gguf, tokenizer)
         model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # The tensors are already de-quantized to float32; only the GGUF marker blocks saving them.
         model.hf_quantizer = None
