@@ -118,7 +118,8 @@ def analyze(
     concurrency: Annotated[int | None, typer.Option(
         min=1, help="Ideas in flight at once (default: MODEL_PARALLEL, or API_REMOTE_CONCURRENCY on openai).")] = None,
     retries: Annotated[int, typer.Option(min=0, help="Extra attempts when an answer does not match its schema.")] = 2,
-    retry_failed: Annotated[bool, typer.Option(help="Run again the ideas that failed in an earlier run.")] = False,
+    retry_failed: Annotated[bool, typer.Option(
+        help="Run again the ideas that failed or were low quality in an earlier run.")] = False,
     hardware_per_hour: Annotated[float, typer.Option(
         min=0.0, help="What an hour of this machine costs, $ (for the local backends' cost in the report).")] = 0.0,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
@@ -149,12 +150,13 @@ def analyze(
             manager.close()
         for problem in summary.problems:
             typer.secho(problem, fg=typer.colors.YELLOW, err=True)
-        done = summary.ok + summary.failed
+        done = summary.ok + summary.low_quality + summary.failed
         if summary.skipped:
             typer.echo(f"{summary.skipped} of {summary.ideas} ideas were already done in {out_dir / 'results.jsonl'} "
-                       "(skipped; --retry-failed runs the failed ones again)")
+                       "(skipped; --retry-failed runs the failed and low-quality ones again)")
         if done:
-            typer.echo(f"{done} ideas analyzed: {summary.ok} ok, {summary.failed} failed, in {summary.wall_s:.1f} s; "
+            typer.echo(f"{done} ideas analyzed: {summary.ok} ok, {summary.low_quality} low quality (not ranked), "
+                       f"{summary.failed} failed, in {summary.wall_s:.1f} s; "
                        f"{summary.prompt_tokens:,} prompt + {summary.completion_tokens:,} completion tokens "
                        f"({summary.tokens_per_second:.1f} completion tokens/s)")
         if summary.interrupted:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from agentic.api.app import create_app
-from agentic.ideas.analyzer import TRIAGE_SYSTEM, CallRecord, IdeaAnalyzer, idea_prompt
+from agentic.ideas.analyzer import TRIAGE_SYSTEM, CallRecord, DegenerateAnswerError, IdeaAnalyzer, idea_prompt
 from agentic.ideas.schemas import Analysis, Idea, Triage, response_format
 from agentic.ml.base import BaseModelManager
 from agentic.ml.gpu_model_manager import GPUModelManager
@@ -172,7 +172,7 @@ def test_interrupted_and_killed_runs_resume_with_each_idea_exactly_once(tmp_path
     assert f"{after_second} of 6 ideas were already done" in output
     counts = Counter(str(line["id"]) for line in _complete_lines(results))
     assert len(counts) == 6 and set(counts.values()) == {1}, counts
-    assert all(line["status"] in {"ok", "failed"} for line in _complete_lines(results))
+    assert all(line["status"] in {"ok", "low_quality", "failed"} for line in _complete_lines(results))
     assert (out / "report.html").is_file() and f"Report: {out / 'report.html'}" in output
     import sqlite3
 
@@ -256,3 +256,17 @@ def test_llama_cpp_schema_grammar_lets_json_break_lines_and_indent(llama: ModelM
         max_tokens=200, temperature=0, response_format=response_format(Triage))
     assert isinstance(answer, dict) and answer["choices"][0]["finish_reason"] == "stop"
     Triage.model_validate_json(answer["choices"][0]["message"]["content"])
+
+
+def test_a_valid_but_degenerate_answer_is_retried_then_kept_as_low_quality(llama: ModelManager) -> None:
+    """The real model's own greedy answer, checked against a title it copies: each attempt is rejected."""
+    analyzer = IdeaAnalyzer(llama, retries=0, temperature=0)
+    text = idea_prompt(IDEA.title, IDEA.description)
+    first = analyzer.structured(IDEA.id, "light", TRIAGE_SYSTEM, text, Triage, title=IDEA.title)
+    calls: list[CallRecord] = []
+    analyzer.on_call = calls.append
+    with pytest.raises(DegenerateAnswerError) as rejected:  # same prompt, greedy: the same answer, now a "copy"
+        analyzer.structured(IDEA.id, "light", TRIAGE_SYSTEM, text, Triage, title=first.summary)
+    assert rejected.value.answer == first
+    assert rejected.value.problems[0].startswith("summary copies the idea's title")
+    assert len(calls) == 1 and not calls[0].ok and calls[0].error.startswith("degenerate: summary copies")

@@ -258,3 +258,24 @@ def test_report_ranks_by_score_and_charts_the_distribution(tmp_path: Path) -> No
     assert "| 1 | 9 | pursue | High |" in markdown and "![Ideas per score](scores.svg)" in markdown
     assert report.chart.read_text().startswith("<svg")
     assert json.loads(report.html.with_name("results.jsonl").read_text().splitlines()[0])["status"] == "ok"
+
+
+def test_low_quality_answers_are_shown_apart_and_not_ranked(tmp_path: Path) -> None:
+    problem = "reason repeats the instructions ('Why, in one sentence.')"
+    echo = _result("Echo", 10).model_copy(update={"status": "low_quality", "problems": [problem]})
+    results = [_result("A", 10), _result("B", 1, "drop"), _result("C", 10), _result("D", 1, "drop"),
+               _result("E", 10), echo]
+    _write_run(tmp_path, results, completion_tokens=1200, wall_s=30.0)
+    report = build_report(tmp_path, PriceTable.load())
+    parsed = _Collect()
+    parsed.feed(report.html.read_text())
+    ideas = [row[3] for row in parsed.rows["ranking"] if row]
+    assert len(ideas) == 5 and all(idea.startswith(t) for idea, t in zip(ideas, "ACEBD", strict=True))
+    assert not any("Echo" in idea for idea in ideas)
+    counts = {int(bar["data-score"] or 0): int(bar["data-count"] or 0) for bar in parsed.bars}
+    assert counts[10] == 3 and counts[1] == 2  # the low-quality 10 is not charted
+    html, markdown = report.html.read_text(), report.markdown.read_text()
+    assert "5 analyzed, 1 low quality (not ranked), 0 failed" in " ".join(html.split())
+    assert "Echo</strong> (line 2): reason repeats the instructions (&#39;Why, in one sentence.&#39;)" in html
+    assert "- Echo (line 2): reason repeats the instructions (" in markdown
+    assert "all 5 scores are 1 or 10: the model is not telling the ideas apart" in markdown

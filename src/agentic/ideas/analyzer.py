@@ -15,23 +15,46 @@ from ..errors import AgenticError, InvalidOutputError, InvalidRequestError
 from ..ml.base import BaseModelManager, Model
 from ..ml.shapes import answered_by
 from ..ml.tiers import Tier
+from .quality import Instructions, answer_problems
 from .schemas import Analysis, Idea, IdeaResult, Triage, response_format
 
-__all__ = ["ANALYSIS_SYSTEM", "TRIAGE_SYSTEM", "CallRecord", "IdeaAnalyzer", "analysis_prompt", "idea_prompt"]
+__all__ = ["ANALYSIS_SYSTEM", "EXAMPLES", "TRIAGE_SYSTEM", "CallRecord", "DegenerateAnswerError", "IdeaAnalyzer",
+           "analysis_prompt", "idea_prompt", "instructions_for"]
 
 _log = logging.getLogger(__name__)
 S = TypeVar("S", bound=BaseModel)
 
-TRIAGE_SYSTEM = (
-    "You triage business ideas. Reply with a JSON object only, with the keys category (the industry, a few "
-    "words), target_customer (who would pay) and summary (the idea in one line)."
-)
+TRIAGE_SYSTEM = "You triage business ideas. Answer with one JSON object about the idea you are given."
 ANALYSIS_SYSTEM = (
-    "You are a venture analyst. Reply with a JSON object only, with the keys market (size and demand), "
-    "competition (who else does this), strengths (a list of up to three), risks (a list of up to three), "
-    "score (a whole number from 1, poor, to 10, excellent), verdict (pursue, refine or drop) and reason "
-    "(why, in one sentence)."
+    "You are a venture analyst. Judge the idea you are given on its own merits and answer with one JSON object. "
+    "Score it from 1 to 10 and pick pursue, refine or drop to match the score."
 )
+
+# Worked examples, shown before the real idea as earlier turns of the conversation: a small or base model copies
+# the shape and the kind of content of an answer far better than it follows a description of one. Two analyses
+# with different scores, so the score is not read as a constant. An answer that repeats them is degenerate.
+EXAMPLE_IDEAS = (
+    ("Coffee cart for office parks", "A coffee cart that visits office parks at set times and takes pre-orders "
+     "in an app."),
+    ("Fax machine repair shop", "A high-street shop that repairs fax machines for households."),
+)
+EXAMPLES: dict[str, Any] = {
+    "triage": Triage(category="food and drink", target_customer="office workers far from cafes",
+                     summary="Pre-ordered coffee brought to office parks on a fixed schedule."),
+    "triage_low": Triage(category="electronics repair", target_customer="households that still own a fax",
+                         summary="A shop that fixes old fax machines."),
+    "analysis": Analysis(
+        market="Office workers buy coffee daily; parks far from cafes have steady unmet demand.",
+        competition="Nearby cafes, office coffee machines and delivery apps.",
+        strengths=["pre-orders cut the wait", "low rent compared to a shop"],
+        risks=["weather and seasons", "fewer staff in offices since remote work"],
+        score=6, verdict="refine", reason="Demand is steady, but one cart can serve only a few sites a day."),
+    "analysis_low": Analysis(
+        market="Few households still own a fax machine and the number shrinks every year.",
+        competition="Replacing the machine is cheaper; electronics repair shops take the rare job.",
+        strengths=["almost no competition"], risks=["a vanishing market", "spare parts are hard to find"],
+        score=2, verdict="drop", reason="The customers are disappearing faster than a shop could find them."),
+}
 
 
 def idea_prompt(title: str, description: str) -> str:
@@ -41,7 +64,37 @@ def idea_prompt(title: str, description: str) -> str:
 
 def analysis_prompt(idea_text: str, triage: Triage) -> str:
     """The user message the heavy tier analyzes: the idea and its triage."""
-    return f"{idea_text}\nTriage: {triage.model_dump_json()}"
+    return f"{idea_text}\nCategory: {triage.category}\nCustomers: {triage.target_customer}"
+
+
+def _example_turns(tier: Tier) -> list[dict[str, str]]:
+    """The worked examples of a tier as user/assistant turns."""
+    pairs: list[tuple[str, BaseModel]] = []
+    first, second = (idea_prompt(*idea) for idea in EXAMPLE_IDEAS)
+    if tier == "light":
+        pairs += [(first, EXAMPLES["triage"]), (second, EXAMPLES["triage_low"])]
+    else:
+        pairs += [(analysis_prompt(first, EXAMPLES["triage"]), EXAMPLES["analysis"]),
+                  (analysis_prompt(second, EXAMPLES["triage_low"]), EXAMPLES["analysis_low"])]
+    turns: list[dict[str, str]] = []
+    for user, answer in pairs:
+        turns += [{"role": "user", "content": user}, {"role": "assistant", "content": answer.model_dump_json()}]
+    return turns
+
+
+def instructions_for(tier: Tier) -> Instructions:
+    """What a tier is shown besides the idea: an answer repeating it did not answer."""
+    if tier == "light":
+        return Instructions.of(TRIAGE_SYSTEM, Triage, [EXAMPLES["triage"], EXAMPLES["triage_low"]])
+    return Instructions.of(ANALYSIS_SYSTEM, Analysis, [EXAMPLES["analysis"], EXAMPLES["analysis_low"]])
+
+
+class DegenerateAnswerError(InvalidOutputError):
+    """Every attempt passed the schema but said nothing (quality.py); the last answer and its problems."""
+
+    def __init__(self, message: str, *, answer: BaseModel, problems: list[str]) -> None:
+        super().__init__(message)
+        self.answer, self.problems = answer, problems
 
 
 @dataclass(frozen=True)
@@ -84,10 +137,18 @@ class IdeaAnalyzer:
                             models={tier: spec.name for tier, spec in self.manager.specs.items()})
         try:
             idea_text = idea_prompt(idea.title, idea.description)
-            result.triage = self.structured(idea.id, "light", TRIAGE_SYSTEM, idea_text, Triage, calls)
+            result.triage = self.structured(idea.id, "light", TRIAGE_SYSTEM, idea_text, Triage, calls,
+                                            title=idea.title)
             result.analysis = self.structured(idea.id, "heavy", ANALYSIS_SYSTEM,
-                                              analysis_prompt(idea_text, result.triage), Analysis, calls)
+                                              analysis_prompt(idea_text, result.triage), Analysis, calls,
+                                              title=idea.title)
             result.status = "ok"
+        except DegenerateAnswerError as exc:  # kept, with why, to be shown apart from the ranking
+            result.status, result.error, result.problems = "low_quality", exc.message, exc.problems
+            if isinstance(exc.answer, Triage):
+                result.triage = exc.answer
+            elif isinstance(exc.answer, Analysis):
+                result.analysis = exc.answer
         except AgenticError as exc:
             result.error = exc.message
         result.prompt_tokens = sum(call.prompt_tokens for call in calls)
@@ -96,45 +157,58 @@ class IdeaAnalyzer:
         return result
 
     def structured(self, idea_id: str, tier: Tier, system: str, user: str, schema: type[S],
-                   calls: list[CallRecord] | None = None) -> S:
-        """The tier's answer as a validated `schema`, retrying invalid output `retries` times."""
+                   calls: list[CallRecord] | None = None, *, title: str | None = None) -> S:
+        """The tier's answer as a validated `schema`, retrying invalid output `retries` times.
+
+        With the idea's `title`, an answer that passes the schema but is degenerate (quality.py) is invalid too;
+        if every attempt is, DegenerateAnswerError carries the last answer and its problems.
+        """
         model, lock = self.manager.for_tier(tier)
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        problem = ""
+        messages = [{"role": "system", "content": system}, *_example_turns(tier), {"role": "user", "content": user}]
+        problem, degenerate = "", None
         for attempt in range(1, self.retries + 2):
             # A retry samples more freely: the same greedy-ish path would likely fail the same way.
             temperature = self.temperature if attempt == 1 else min(1.0, self.temperature + 0.3 * attempt)
             started = time.perf_counter()
-            answer: Any = None
             try:
-                with lock:
-                    answer = model.create_chat_completion(messages=messages, max_tokens=self.max_tokens[tier],
-                                                          temperature=temperature,
-                                                          response_format=response_format(schema))
-                assert isinstance(answer, dict)
-                content = answer["choices"][0]["message"].get("content") or ""
-                # strict=False: a raw newline inside a string (some servers' grammars allow it) is not worth
-                # a retry; the schema is what must hold.
-                value = schema.model_validate(json.loads(content, strict=False))
-            except json.JSONDecodeError as exc:
-                problem = _describe(f"not JSON ({exc})", answer)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(map(str, first["loc"])) or "answer"
-                problem = _describe(f"{exc.error_count()} schema error(s), first {where}: {first['msg']}", answer)
+                answer, value, problem = self._attempt(model, lock, messages, tier, schema, temperature)
             except InvalidRequestError:
                 raise  # our request is wrong: a retry cannot fix it
             except AgenticError as exc:  # the backend failed after its own retries
-                problem = exc.message
-                self._record(idea_id, tier, model, answer, attempt, started, problem, calls)
+                self._record(idea_id, tier, model, None, attempt, started, exc.message, calls)
                 raise
-            else:
-                self._record(idea_id, tier, model, answer, attempt, started, None, calls)
+            found = answer_problems(value, title, instructions_for(tier)) if value is not None and title else []
+            degenerate = (value, found) if value is not None and found else degenerate
+            problem = f"degenerate: {'; '.join(found)}" if found else problem
+            self._record(idea_id, tier, model, answer, attempt, started, problem or None, calls)
+            if value is not None and not found:
                 return value
-            self._record(idea_id, tier, model, answer, attempt, started, problem, calls)
             _log.info("idea %s, %s tier, attempt %d: invalid output (%s)", idea_id, tier, attempt, problem)
-        raise InvalidOutputError(f"The {tier} model ({model.name}) gave no valid {schema.__name__} in "
-                                 f"{self.retries + 1} attempts; last problem: {problem}")
+        message = (f"The {tier} model ({model.name}) gave no valid {schema.__name__} in {self.retries + 1} "
+                   f"attempts; last problem: {problem}")
+        if degenerate is not None:
+            raise DegenerateAnswerError(message, answer=degenerate[0], problems=degenerate[1])
+        raise InvalidOutputError(message)
+
+    def _attempt(self, model: Model, lock: Any, messages: list[dict[str, str]], tier: Tier, schema: type[S],
+                 temperature: float) -> tuple[Any, S | None, str]:
+        """One call: (the raw answer, the validated value or None, why not)."""
+        answer: Any = None
+        try:
+            with lock:
+                answer = model.create_chat_completion(messages=messages, max_tokens=self.max_tokens[tier],
+                                                      temperature=temperature, response_format=response_format(schema))
+            assert isinstance(answer, dict)
+            content = answer["choices"][0]["message"].get("content") or ""
+            # strict=False: a raw newline inside a string (some servers' grammars allow it) is not worth a retry.
+            return answer, schema.model_validate(json.loads(content, strict=False)), ""
+        except json.JSONDecodeError as exc:
+            return answer, None, _describe(f"not JSON ({exc})", answer)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "answer"
+            return answer, None, _describe(f"{exc.error_count()} schema error(s), first {where}: {first['msg']}",
+                                           answer)
 
     def _record(self, idea_id: str, tier: Tier, model: Model, answer: Any, attempt: int, started: float,
                 error: str | None, calls: list[CallRecord] | None) -> None:

@@ -12,6 +12,7 @@ import jinja2
 from ..cost import CostLine, PriceTable, Workload, compare
 from ..registry import is_remote
 from .clusters import MIN_IDEAS, load_clusters
+from .quality import extreme_scores
 from .schemas import IdeaResult
 from .store import ResultsLog, RunTotals, UsageDB
 
@@ -67,14 +68,16 @@ def score_chart(results: list[IdeaResult]) -> str:
 def build_report(out_dir: Path, table: PriceTable, hardware_per_hour: float = 0.0) -> Report:
     """Write the three files from results.jsonl and usage.db; return their paths."""
     results = list(ResultsLog(out_dir / "results.jsonl").load().values())
-    ranked = sorted((r for r in results if r.analysis is not None),
+    ranked = sorted((r for r in results if r.status == "ok" and r.analysis is not None),
                     key=lambda r: (-r.analysis.score, r.idea.title))  # type: ignore[union-attr]
     failed = [r for r in results if r.status == "failed"]
+    low_quality = [r for r in results if r.status == "low_quality"]
     totals, measured, costs = cost_of_run(out_dir, table, hardware_per_hour)
-    chart = score_chart(results)
+    chart = score_chart(ranked)
     clusters, threshold = load_clusters(out_dir)
     context: dict[str, object] = {
-        "clusters": clusters, "threshold": threshold, "min_ideas": MIN_IDEAS,
+        "clusters": clusters, "threshold": threshold, "min_ideas": MIN_IDEAS, "low_quality": low_quality,
+        "score_warning": extreme_scores(r.analysis.score for r in ranked if r.analysis is not None),
         "ranked": ranked, "failed": failed, "totals": totals, "measured": measured, "costs": costs,
         "table": table, "chart": chart, "ideas": len(results),
         "prompt_tokens": sum(t.prompt_tokens for t in totals),
@@ -97,8 +100,13 @@ def _render(template: str, context: dict[str, object], html: bool) -> str:
 _MARKDOWN = """\
 # Business idea analysis
 
-{{ ideas }} ideas: {{ ranked | length }} analyzed, {{ failed | length }} failed. \
+{{ ideas }} ideas: {{ ranked | length }} analyzed, {{ low_quality | length }} low quality (not ranked), \
+{{ failed | length }} failed. \
 {{ prompt_tokens }} prompt + {{ completion_tokens }} completion tokens in all calls (retries included).
+{% if score_warning %}
+
+**Warning:** {{ score_warning }}.
+{% endif %}
 
 ![Ideas per score](scores.svg)
 
@@ -125,6 +133,16 @@ Too few ideas to group (fewer than {{ min_ideas }}).
 {% else %}
 No two ideas are closer than the threshold ({{ threshold }}).
 {% endif %}
+{% endif %}
+{% if low_quality %}
+
+## Low quality: not ranked
+
+Every attempt gave a valid answer that said nothing (the model repeated its instructions, the title, or looped):
+
+{% for r in low_quality %}
+- {{ r.idea.title | cell }} (line {{ r.idea.line }}): {{ r.problems | join("; ") | cell }}
+{% endfor %}
 {% endif %}
 {% if failed %}
 
@@ -177,8 +195,12 @@ td.num { text-align: right; }
 </head>
 <body>
 <h1>Business idea analysis</h1>
-<p id="summary">{{ ideas }} ideas: {{ ranked | length }} analyzed, {{ failed | length }} failed.
+<p id="summary">{{ ideas }} ideas: {{ ranked | length }} analyzed, {{ low_quality | length }} low quality
+(not ranked), {{ failed | length }} failed.
 {{ prompt_tokens }} prompt + {{ completion_tokens }} completion tokens in all calls (retries included).</p>
+{% if score_warning %}
+<p id="score-warning"><strong>Warning:</strong> {{ score_warning }}.</p>
+{% endif %}
 <figure id="score-chart">
 {{ chart | safe }}
 <figcaption>Ideas per score</figcaption>
@@ -211,6 +233,15 @@ td.num { text-align: right; }
 {% else %}
 <p id="clusters">No two ideas are closer than the threshold ({{ threshold }}).</p>
 {% endif %}
+{% endif %}
+{% if low_quality %}
+<h2>Low quality: not ranked</h2>
+<p>Every attempt gave a valid answer that said nothing (the model repeated its instructions, the title, or looped):</p>
+<ul id="low-quality">
+{% for r in low_quality %}
+<li><strong>{{ r.idea.title }}</strong> (line {{ r.idea.line }}): {{ r.problems | join("; ") }}</li>
+{% endfor %}
+</ul>
 {% endif %}
 {% if failed %}
 <h2>Failed</h2>

@@ -6,6 +6,7 @@ The server core (`agentic.api`) knows nothing of it; `agentic.api.app` adds this
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,7 +19,15 @@ from ..api.schemas import RequestBody
 from ..api.state import ServerState
 from ..errors import AgenticError
 from ..ml.tiers import TIERS, Tier
-from .analyzer import ANALYSIS_SYSTEM, TRIAGE_SYSTEM, CallRecord, IdeaAnalyzer, analysis_prompt, idea_prompt
+from .analyzer import (
+    ANALYSIS_SYSTEM,
+    TRIAGE_SYSTEM,
+    CallRecord,
+    DegenerateAnswerError,
+    IdeaAnalyzer,
+    analysis_prompt,
+    idea_prompt,
+)
 from .schemas import Analysis, Triage
 
 __all__ = ["IdeaRequest", "router"]
@@ -49,15 +58,24 @@ async def _analyze_idea(state: ServerState, body: IdeaRequest) -> JSONResponse:
         await gate.acquire()
         try:
             await state.model(tier)
-            return await asyncio.to_thread(analyzer.structured, context.request_id, tier, system, text, schema, calls)
+            return await asyncio.to_thread(partial(analyzer.structured, context.request_id, tier, system, text,
+                                                   schema, calls, title=body.title))
+        except DegenerateAnswerError:
+            raise  # answered: a low_quality result, not an error
         except AgenticError as exc:
             context.record(exc.status_code, error=exc)
             raise
         finally:
             gate.release()
 
-    triage = await on_tier("light", TRIAGE_SYSTEM, idea_text, Triage)
-    analysis = await on_tier("heavy", ANALYSIS_SYSTEM, analysis_prompt(idea_text, triage), Analysis)
+    triage, analysis, status, problems = None, None, "ok", []
+    try:
+        triage = await on_tier("light", TRIAGE_SYSTEM, idea_text, Triage)
+        analysis = await on_tier("heavy", ANALYSIS_SYSTEM, analysis_prompt(idea_text, triage), Analysis)
+    except DegenerateAnswerError as exc:  # valid JSON that said nothing: shown, flagged, not ranked
+        status, problems = "low_quality", exc.problems
+        triage = triage or (exc.answer if isinstance(exc.answer, Triage) else None)
+        analysis = exc.answer if isinstance(exc.answer, Analysis) else None
     usage = {"prompt_tokens": sum(c.prompt_tokens for c in calls),
              "completion_tokens": sum(c.completion_tokens for c in calls)}
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -66,7 +84,8 @@ async def _analyze_idea(state: ServerState, body: IdeaRequest) -> JSONResponse:
     manager = state.manager
     return JSONResponse({"id": f"idea-{context.request_id}", "object": "idea.analysis", "backend": manager.backend,
                          "models": {tier: manager.specs[tier].name for tier in TIERS},
-                         "triage": triage.model_dump(), "analysis": analysis.model_dump(),
+                         "status": status, "problems": problems,
+                         "triage": triage and triage.model_dump(), "analysis": analysis and analysis.model_dump(),
                          "attempts": len(calls), "usage": usage}, headers={"x-request-id": context.request_id})
 
 

@@ -34,6 +34,7 @@ class RunSummary:
     ideas: int
     skipped: int  # already in results.jsonl from an earlier run
     ok: int = 0
+    low_quality: int = 0  # valid answers that said nothing (quality.py): kept, not ranked
     failed: int = 0
     wall_s: float = 0.0
     prompt_tokens: int = 0
@@ -73,7 +74,7 @@ def analyze_file(manager: BaseModelManager, ideas_path: Path, out_dir: Path, *, 
     results = ResultsLog(out_dir / "results.jsonl")
     done = results.load()
     todo = [idea for idea in ideas
-            if idea.id not in done or (retry_failed and done[idea.id].status == "failed")]
+            if idea.id not in done or (retry_failed and done[idea.id].status != "ok")]
     summary = RunSummary(out_dir, len(ideas), len(ideas) - len(todo), problems=problems)
     if todo:
         _analyze(manager, todo, out_dir, results, summary, concurrency, show_progress, retries)
@@ -111,12 +112,13 @@ def _analyze(manager: BaseModelManager, todo: list[Idea], out_dir: Path, results
         for result in _run_concurrently(analyzer, todo, workers, results, counters, show_progress):
             summary.ok += result.status == "ok"
             summary.failed += result.status == "failed"
+            summary.low_quality += result.status == "low_quality"
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
         summary.wall_s = time.perf_counter() - started
         summary.prompt_tokens, summary.completion_tokens = counters.prompt_tokens, counters.completion_tokens
-        usage.finish_run(run_id, summary.ok, summary.failed, summary.wall_s)
+        usage.finish_run(run_id, summary.ok, summary.failed + summary.low_quality, summary.wall_s)
         usage.close()
 
 
@@ -166,7 +168,7 @@ def _run_concurrently(analyzer: IdeaAnalyzer, todo: list[Idea], workers: int, re
     for thread in threads:
         thread.start()
     progress = Progress(TextColumn("[bold]analyzing"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("ok {task.fields[ok]}, failed {task.fields[failed]}"),
+                        TextColumn("ok {task.fields[ok]}, not ok {task.fields[failed]}"),
                         TextColumn("{task.fields[rate]:.1f} tokens/s"), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(),
                         console=Console(stderr=True), disable=not show_progress)

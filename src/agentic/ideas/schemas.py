@@ -29,9 +29,10 @@ class Triage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    category: str = Field(min_length=2, max_length=40, description="Industry or sector, a few words.")
-    target_customer: str = Field(min_length=2, max_length=80, description="Who would pay for it.")
+    # Summary first: a small model restates the idea before it names a sector, instead of copying an example's.
     summary: str = Field(min_length=10, max_length=160, description="The idea in one line.")
+    target_customer: str = Field(min_length=2, max_length=80, description="Who would pay for it.")
+    category: str = Field(min_length=2, max_length=40, description="Industry or sector, a few words.")
 
 
 class Analysis(BaseModel):
@@ -52,11 +53,12 @@ class IdeaResult(BaseModel):
     """One line of results.jsonl: an idea and its answers, or why it failed."""
 
     id: str
-    status: Literal["ok", "failed"]
+    status: Literal["ok", "failed", "low_quality"]
     idea: Idea
     triage: Triage | None = None
     analysis: Analysis | None = None
     error: str | None = None
+    problems: list[str] = Field(default_factory=list, description="Why a low_quality answer was not ranked.")
     backend: str
     models: dict[str, str] = Field(default_factory=dict, description="tier -> model name")
     prompt_tokens: int = 0
