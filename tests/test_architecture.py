@@ -13,8 +13,9 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SOURCE / "agentic"
 MAX_FUNCTION_LINES = 60
 # Each layer may import only the layers after it (errors is imported by all). The application (ideas) sits on
-# the server core (api), which knows nothing of it: only the composition roots put the two together.
-LAYERS = [("cli",), ("ideas", "doctor"), ("api",), ("ml",), ("cost",), ("config",),
+# the server core (api), which knows nothing of it: only the composition roots put the two together. The web
+# console is a front end like the CLI: it uses the application and the server, and neither of them knows it.
+LAYERS = [("cli", "console"), ("ideas", "doctor"), ("api",), ("ml",), ("cost",), ("config",),
           ("registry", "checks", "logs", "data"), ("errors",)]
 COMPOSITION_ROOTS = {"agentic.cli", "agentic.api.app"}
 

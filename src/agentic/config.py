@@ -264,6 +264,11 @@ class Settings(BaseSettings):
     api_log_prompts: bool = _field(
         False, "API_LOG_PROMPTS", "Log prompt text with each request (off: only ids, tiers, tokens, latency)."
     )
+    api_runs_dir: Path = _field(
+        Path("runs/console"), "API_RUNS_DIR",
+        "Folder where the web console keeps the analyses run from the page (each upload, its results and report), "
+        "relative to the server's working directory.",
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -286,7 +291,7 @@ class Settings(BaseSettings):
         """The environment variable that sets `field`."""
         return env_name(cls, field)
 
-    @field_validator("model_cache_dir", "model_7b_path", "model_1b_path", "model_embedding_path")
+    @field_validator("model_cache_dir", "model_7b_path", "model_1b_path", "model_embedding_path", "api_runs_dir")
     @classmethod
     def _expand_home(cls, value: Path | None) -> Path | None:
         """`~/models/x.gguf` in .env means the home directory, as in a shell."""

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import Settings, load_settings
+from ..console.routes import router as console
 from ..errors import AgenticError, InvalidRequestError
 from ..ideas.routes import router as ideas
 from ..logs import configure_logging
@@ -82,12 +83,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None, manager: BaseModelManager | None = None,
                env_file: str | Path | None = ".env", host: str | None = None,
-               routers: tuple[APIRouter, ...] = (ideas,)) -> FastAPI:
+               routers: tuple[APIRouter, ...] = (ideas, console)) -> FastAPI:
     """The FastAPI app over the configured backend (models load now when MODEL_PRELOAD=true).
 
     `env_file` is what POST /admin/reload and SIGHUP read again; `host` (default API_HOST) is the
     address the server listens on, which every reloaded configuration must keep safe. `routers` are the
-    applications served next to the core's routes (default: the business-idea route).
+    applications served next to the core's routes (default: the business-idea route and the web console at `/`).
     """
     settings = settings if settings is not None else load_settings(env_file)
     server = Server(settings, manager if manager is not None else create_model_manager(settings), env_file, host)

@@ -58,9 +58,14 @@ def check_bearer(authorization: str | None, keys: list[str], setting: str = "API
             f"Incorrect or missing API key: send 'Authorization: Bearer <key>' with one of the server's {setting}.")
 
 
+# Paths that need one of API_KEYS: the API, and the data behind the web console (its page and static files at
+# / and /console/static/ hold no data and stay open, so a browser can load the page and then ask for a key).
+KEYED_PREFIXES = ("/v1/", "/console/api/")
+
+
 def route_keys(settings: Settings, path: str) -> tuple[list[str], str] | None:
     """The keys a path needs (and the setting that holds them); None for open paths (/health, /ready, docs)."""
-    if path.startswith("/v1/"):
+    if path.startswith(KEYED_PREFIXES):
         return settings.api_key_list, "API_KEYS"
     if path.startswith("/admin/"):
         if not settings.admin_key_list:
