@@ -16,7 +16,7 @@ MAX_FUNCTION_LINES = 60
 # the server core (api), which knows nothing of it: only the composition roots put the two together. The web
 # console is a front end like the CLI: it uses the application and the server, and neither of them knows it.
 LAYERS = [("cli", "console"), ("ideas", "doctor"), ("api",), ("ml",), ("cost",), ("config",),
-          ("registry", "checks", "logs", "data"), ("errors",)]
+          ("registry", "checks", "logs", "data", "settings_io"), ("errors",)]
 COMPOSITION_ROOTS = {"agentic.cli", "agentic.api.app"}
 
 
