@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,21 +112,15 @@ def start_llama_server(gemma_path: Path, log_dir: Path) -> tuple[str, subprocess
 @pytest.fixture(scope="session")
 def llama_server(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One peer server for the whole session; yields its /v1 base URL."""
-    url, process = start_llama_server(gemma_path, tmp_path_factory.mktemp("llama_server"))
-    try:
+    with serving(start_llama_server(gemma_path, tmp_path_factory.mktemp("llama_server"))) as url:
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="session")
 def agentic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Our own server on the llama.cpp backend (defaults, the embedded model), shared by the whole session."""
-    url, process = start_agentic_server(tmp_path_factory.mktemp("agentic_server"))
-    try:
+    with serving(start_agentic_server(tmp_path_factory.mktemp("agentic_server"))) as url:
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="session", params=["llama_cpp", "transformers_gpu", "openai"])
@@ -139,11 +134,8 @@ def server_on(request: pytest.FixtureRequest, agentic_server: str,
     if request.param == "openai":
         env.update(OPENAI_BASE_URL=f"{agentic_server}/v1", OPENAI_HEAVY_MODEL="heavy", OPENAI_LIGHT_MODEL="light",
                    OPENAI_EMBEDDING_MODEL="embedding", OPENAI_TIMEOUT=str(SLOW_MACHINE_TIMEOUT))
-    url, process = start_agentic_server(tmp_path_factory.mktemp(f"server-{request.param}"), **env)
-    try:
+    with serving(start_agentic_server(tmp_path_factory.mktemp(f"server-{request.param}"), **env)) as url:
         yield url
-    finally:
-        stop(process)
 
 
 def manager_on(backend: str, request: pytest.FixtureRequest) -> Any:
@@ -168,6 +160,16 @@ def start_agentic_server(tmp_dir: Path, **env: str) -> tuple[str, subprocess.Pop
                                    cwd=tmp_dir, env=environment, stdout=output, stderr=subprocess.STDOUT)
     wait_for_http(f"http://127.0.0.1:{port}/health", process, log)
     return f"http://127.0.0.1:{port}", process
+
+
+@contextmanager
+def serving(started: tuple[str, subprocess.Popen[bytes]]) -> Iterator[str]:
+    """A server from start_agentic_server or start_llama_server as a `with` block: yields its URL, then stops it."""
+    url, process = started
+    try:
+        yield url
+    finally:
+        stop(process)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -103,9 +103,11 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: API_PORT, 8000).")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (/v1/chat/completions with tools, /v1/completions, /v1/embeddings,
-    /v1/models, /v1/ideas/analyze, /health, /ready, /metrics). POST /admin/reload or SIGHUP re-reads .env without a
-    restart. Limits: API_KEYS, API_MAX_BODY_BYTES, API_MAX_CONNECTIONS, API_HEADER_TIMEOUT, API_BODY_TIMEOUT,
-    MODEL_SCHEMA_* (see README)."""
+    /v1/models, /v1/backend, /v1/ideas/analyze, /health, /ready, /metrics) and the web console at
+    http://HOST:PORT/ (its page, /console/static/..., and its data under /console/api/...: status, metrics,
+    analysis runs). API_KEYS guards /v1/ and /console/api/. POST /admin/reload or SIGHUP re-reads .env without a
+    restart. Limits: API_MAX_BODY_BYTES, API_MAX_CONNECTIONS, API_HEADER_TIMEOUT, API_BODY_TIMEOUT, MODEL_SCHEMA_*
+    (see README)."""
     from .api.app import serve as serve_api
 
     _run(lambda: serve_api(load_settings(), host=host, port=port))

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AdminDisabledError",
     "AgenticError",
+    "AnalysisRunningError",
     "BackendNotInstalledError",
     "ClientAuthenticationError",
     "ConfigError",
@@ -26,6 +27,7 @@ __all__ = [
     "RateLimitError",
     "ReloadRefusedError",
     "RequestTimeoutError",
+    "RunNotFoundError",
     "SchemaTooComplexError",
     "ServerBusyError",
     "UpstreamConnectionError",
@@ -258,3 +260,19 @@ class RequestTimeoutError(AgenticError):
     status_code = 408
     error_type = "invalid_request_error"
     code = "request_timeout"
+
+
+class AnalysisRunningError(AgenticError):
+    """The console got an upload while another analysis runs (one at a time per server)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "analysis_running"
+
+
+class RunNotFoundError(AgenticError):
+    """No console analysis run by that id under API_RUNS_DIR, or no such file in it."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "run_not_found"

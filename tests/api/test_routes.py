@@ -167,7 +167,13 @@ async def test_health_ready_and_metrics(client: httpx.AsyncClient) -> None:
     text = (await client.get("/metrics")).text
     assert 'agentic_requests_total{backend="llama_cpp",endpoint="completions",status="200",tier="heavy"} 1.0' in text
     assert 'agentic_completion_tokens_total{backend="llama_cpp",tier="heavy"} 3.0' in text
-    assert "agentic_time_to_first_token_seconds_bucket" in text
+    # Time to first token is a streamed answer's: a non-streamed one is not counted as 0 s.
+    assert 'agentic_time_to_first_token_seconds_count{backend="llama_cpp",tier="heavy"}' not in text
+    streamed = await client.post("/v1/completions", json={"model": "heavy", "prompt": "Hi", "max_tokens": 3,
+                                                          "stream": True})
+    assert streamed.text.rstrip().endswith("data: [DONE]")
+    text = (await client.get("/metrics")).text
+    assert 'agentic_time_to_first_token_seconds_count{backend="llama_cpp",tier="heavy"} 1.0' in text
     assert 'agentic_queue_depth{backend="llama_cpp",tier="heavy"} 0.0' in text
 
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import REPO_ROOT, start_agentic_server, stop
+from conftest import REPO_ROOT, serving, start_agentic_server
 
 CHROMIUM = Path(os.environ.get("AGENTIC_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -51,23 +51,17 @@ def chromium_path() -> Path:
 def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Our server without API_KEYS, on the embedded model; its runs under its own temporary folder."""
     directory = tmp_path_factory.mktemp("console")
-    url, process = start_agentic_server(directory, **SERVER_ENV, API_RUNS_DIR=str(directory / "runs"))
-    try:
+    with serving(start_agentic_server(directory, **SERVER_ENV, API_RUNS_DIR=str(directory / "runs"))) as url:
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Our server with API_KEYS set."""
     directory = tmp_path_factory.mktemp("console-keyed")
-    url, process = start_agentic_server(directory, **SERVER_ENV, API_KEYS=API_KEY,
-                                        API_RUNS_DIR=str(directory / "runs"))
-    try:
+    env = {**SERVER_ENV, "API_KEYS": API_KEY, "API_RUNS_DIR": str(directory / "runs")}
+    with serving(start_agentic_server(directory, **env)) as url:
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The console's JSON routes in-process (no browser): keys, uploads, one run at a time, paths that stay inside
-API_RUNS_DIR, the metrics sampler's arithmetic and its life cycle."""
+API_RUNS_DIR, a run's calls in the server's metrics, the metrics sampler's arithmetic and its life cycle."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentic.api.app import create_app
 from agentic.console import runs as console_runs
 from agentic.console.sampler import MetricsSampler, Snapshot, quantile, series
+from agentic.ideas.analyzer import CallRecord
 from agentic.ml.base import BaseModelManager
 from agentic.ml.model_manager import ModelManager
 from conftest import make_settings
@@ -79,13 +81,20 @@ def _error(response: httpx.Response, status: int) -> dict[str, Any]:
     return error
 
 
-async def _wait_for_state(client: httpx.AsyncClient, run_id: str, headers: dict[str, str] | None = None) -> Any:
-    for _ in range(600):
+async def _wait_for_state(client: httpx.AsyncClient, run_id: str, headers: dict[str, str] | None = None,
+                          seconds: float = 30.0) -> Any:
+    for _ in range(int(seconds / 0.05)):
         record = (await client.get(f"/console/api/runs/{run_id}", headers=headers)).json()
         if record["state"] != "running":
             return record
         await asyncio.sleep(0.05)
-    raise AssertionError(f"run {run_id} still running")
+    raise AssertionError(f"run {run_id} still running after {seconds:.0f} s")
+
+
+def _metric(text: str, sample: str, **labels: str) -> float:
+    """A sample of /metrics, summed over the label sets that hold `labels`."""
+    return sum(found.value for family in text_string_to_metric_families(text) for found in family.samples
+               if found.name == sample and labels.items() <= found.labels.items())
 
 
 async def test_data_routes_need_a_key_and_the_page_does_not(manager: BaseModelManager, tmp_path: Path) -> None:
@@ -144,6 +153,39 @@ async def test_a_second_run_while_one_runs_is_409(client: httpx.AsyncClient, app
     assert "not written yet" in missing["message"]
     await asyncio.sleep(0)  # the run's end hands its configuration back on the event loop
     assert app.state.agentic.current.active == 0
+
+
+async def test_an_analysis_run_counts_its_model_calls_in_the_metrics(client: httpx.AsyncClient) -> None:
+    """A real (small) run on the embedded model: its calls are the server's requests too, under endpoint "ideas"."""
+    before = (await client.get("/metrics")).text
+    started = await client.post("/console/api/runs?filename=one.csv", content=GOOD_CSV)
+    assert started.status_code == 201, started.text
+    done = await _wait_for_state(client, started.json()["id"], seconds=600)  # a busy 2-core machine may be slow
+    assert done["state"] == "done", done
+    after = (await client.get("/metrics")).text
+    results = (await client.get(f"/console/api/runs/{done['id']}/files/results.jsonl")).text
+    generated = sum(json.loads(line)["completion_tokens"] for line in results.splitlines())
+    read = sum(json.loads(line)["prompt_tokens"] for line in results.splitlines())
+    assert generated > 0
+    for sample, expected in (("agentic_completion_tokens_total", generated), ("agentic_prompt_tokens_total", read)):
+        assert _metric(after, sample) - _metric(before, sample) == expected, sample
+    assert _metric(after, "agentic_requests_total", endpoint="ideas") > _metric(before, "agentic_requests_total",
+                                                                                endpoint="ideas")
+
+
+async def test_a_run_call_counts_as_a_request_and_a_failed_one_as_an_error(client: httpx.AsyncClient,
+                                                                           app: FastAPI) -> None:
+    """A rejected answer was still answered (200); a call the backend failed (no answer) is an error."""
+    count = console_runs.metrics_counter(app.state.agentic.current, "20250101-000000-abcdef")
+    rejected = CallRecord("a", "light", "llama_cpp", "m", 1, 10, 4, 0.5, False, "not JSON")
+    count(rejected)
+    count(CallRecord("a", "heavy", "llama_cpp", "m", 1, 0, 0, 0.2, False, "the model's worker failed"))
+    text = (await client.get("/metrics")).text
+    assert _metric(text, "agentic_requests_total", endpoint="ideas", tier="light", status="200") == 1
+    assert _metric(text, "agentic_requests_total", endpoint="ideas", tier="heavy", status="500") == 1
+    assert _metric(text, "agentic_errors_total", tier="heavy") == 1 and _metric(text, "agentic_errors_total") == 1
+    assert _metric(text, "agentic_completion_tokens_total", tier="light") == 4
+    assert _metric(text, "agentic_request_latency_seconds_sum", tier="light") >= 0.5
 
 
 @pytest.mark.parametrize("path", [

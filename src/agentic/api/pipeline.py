@@ -70,7 +70,8 @@ class RequestContext:
             metrics.errors.labels(**labels, code=error.code or error.error_type).inc()
         metrics.requests.labels(**labels, endpoint=self.endpoint, status=str(status)).inc()
         metrics.latency.labels(**labels).observe(elapsed)
-        metrics.time_to_first_token.labels(**labels).observe((first_token_at or self.started) - self.started)
+        if first_token_at is not None:  # streamed: a non-streamed answer has no first token the client sees
+            metrics.time_to_first_token.labels(**labels).observe(first_token_at - self.started)
         usage = usage or {}
         metrics.prompt_tokens.labels(**labels).inc(usage.get("prompt_tokens", 0))
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)

@@ -23,14 +23,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from ..api.pipeline import RequestContext
 from ..api.state import ServerState
 from ..cost import PriceTable
-from ..errors import AgenticError, ConfigError, InvalidRequestError
+from ..errors import AgenticError, AnalysisRunningError, ConfigError, InvalidRequestError, RunNotFoundError
+from ..ideas.analyzer import CallRecord
 from ..ideas.loader import load_ideas
 from ..ideas.report import build_report
 from ..ideas.runner import analyze_file
 
-__all__ = ["FILES", "AnalysisRunningError", "AnalysisRuns", "RunNotFoundError", "RunRecord"]
+__all__ = ["FILES", "AnalysisRuns", "RunRecord", "metrics_counter"]
 
 _log = logging.getLogger("agentic.console")
 RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")  # the only names a run folder has; anything else is a 404
@@ -43,22 +45,6 @@ FILES = {  # what a run's folder may serve, and as what
     "results.jsonl": "application/x-ndjson; charset=utf-8",
     "scores.svg": "image/svg+xml",
 }
-
-
-class AnalysisRunningError(AgenticError):
-    """An upload arrived while another analysis runs."""
-
-    status_code = 409
-    error_type = "invalid_request_error"
-    code = "analysis_running"
-
-
-class RunNotFoundError(AgenticError):
-    """No such run (or no such file in it)."""
-
-    status_code = 404
-    error_type = "invalid_request_error"
-    code = "run_not_found"
 
 
 class RunRecord(BaseModel):
@@ -128,6 +114,24 @@ def _counts(run_dir: Path) -> dict[str, int]:
     return dict(Counter(latest.values()))
 
 
+def metrics_counter(state: ServerState, run_id: str) -> Callable[[CallRecord], None]:
+    """`analyze_file`'s on_call: each model call of a run counted as the server counts a request (endpoint
+    "ideas", the call's tier, tokens and latency), so the live metrics and /metrics show console analyses."""
+
+    def count(call: CallRecord) -> None:
+        context = RequestContext(state, "ideas", call.tier, request_id=f"{run_id}/{call.idea_id}",
+                                 started=time.perf_counter() - call.latency_s)
+        usage = {"prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens}
+        # An answer the analyzer rejected (and retried) was still answered: a 200, as the server counts any answer
+        # its client dislikes. Only a call that got none (the backend failed; its record keeps the message, not the
+        # error) is an error.
+        answered = call.ok or call.prompt_tokens + call.completion_tokens > 0
+        error = None if answered else AgenticError(call.error or "The model call failed; see the server log.")
+        context.record(200 if error is None else error.status_code, usage, error=error)
+
+    return count
+
+
 def _write(run_dir: Path, record: RunRecord) -> None:
     temporary = run_dir / f".{RECORD}.tmp"
     temporary.write_text(record.model_dump_json(indent=1), encoding="utf-8")
@@ -195,7 +199,8 @@ class AnalysisRuns:
         """The analysis and its report, as `agentic analyze` makes them; any failure is recorded, never raised."""
         run_dir, started = ideas_path.parent, time.perf_counter()
         try:
-            analyze_file(state.manager, ideas_path, run_dir, show_progress=False)
+            analyze_file(state.manager, ideas_path, run_dir, show_progress=False,
+                         on_call=metrics_counter(state, record.id))
             build_report(run_dir, PriceTable.load())
             record.state = "done"
         except AgenticError as exc:

@@ -6,7 +6,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,9 +61,11 @@ class _Counters:
 
 def analyze_file(manager: BaseModelManager, ideas_path: Path, out_dir: Path, *, concurrency: int | None = None,
                  retry_failed: bool = False, show_progress: bool = True, retries: int = 2,
-                 cluster_threshold: float | None = DEFAULT_THRESHOLD) -> RunSummary:
+                 cluster_threshold: float | None = DEFAULT_THRESHOLD,
+                 on_call: Callable[[CallRecord], None] | None = None) -> RunSummary:
     """Analyze the ideas of `ideas_path` not yet in `out_dir`/results.jsonl; append each result as it ends; then
-    group related ideas by their embeddings (`cluster_threshold`; None: no grouping).
+    group related ideas by their embeddings (`cluster_threshold`; None: no grouping). `on_call` sees every model
+    call, on the workers' threads, besides usage.db (the console counts them in the server's metrics).
 
     Ctrl-C stops the run: finished ideas are already on disk, and the next run skips them.
     """
@@ -77,7 +79,7 @@ def analyze_file(manager: BaseModelManager, ideas_path: Path, out_dir: Path, *, 
             if idea.id not in done or (retry_failed and done[idea.id].status != "ok")]
     summary = RunSummary(out_dir, len(ideas), len(ideas) - len(todo), problems=problems)
     if todo:
-        _analyze(manager, todo, out_dir, results, summary, concurrency, show_progress, retries)
+        _analyze(manager, todo, out_dir, results, summary, concurrency, show_progress, retries, on_call)
     if cluster_threshold is not None and not summary.interrupted:
         _cluster(manager, ideas, out_dir, cluster_threshold)
     return summary
@@ -94,18 +96,21 @@ def _cluster(manager: BaseModelManager, ideas: list[Idea], out_dir: Path, thresh
 
 
 def _analyze(manager: BaseModelManager, todo: list[Idea], out_dir: Path, results: ResultsLog, summary: RunSummary,
-             concurrency: int | None, show_progress: bool, retries: int) -> None:
-    """Analyze `todo`, appending to `results` and counting into `summary`."""
+             concurrency: int | None, show_progress: bool, retries: int,
+             on_call: Callable[[CallRecord], None] | None) -> None:
+    """Analyze `todo`, appending to `results` and counting into `summary`; every call also goes to `on_call`."""
     manager.load_all()  # a missing model file fails here, once, not once per idea
     usage = UsageDB(out_dir / "usage.db")
     run_id = usage.start_run(manager.backend, manager.specs["heavy"].name, manager.specs["light"].name, len(todo))
     counters = _Counters()
 
-    def on_call(call: CallRecord) -> None:
+    def record_call(call: CallRecord) -> None:
         usage.record(run_id, call)
         counters.add(call)
+        if on_call is not None:
+            on_call(call)
 
-    analyzer = IdeaAnalyzer(manager, retries=retries, on_call=on_call)
+    analyzer = IdeaAnalyzer(manager, retries=retries, on_call=record_call)
     workers = max(1, min(concurrency or manager.capacity(), len(todo)))
     started = time.perf_counter()
     try:
