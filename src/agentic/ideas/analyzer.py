@@ -41,7 +41,7 @@ EXAMPLE_IDEAS = (
 EXAMPLES: dict[str, Any] = {
     "triage": Triage(category="food and drink", target_customer="office workers far from cafes",
                      summary="Pre-ordered coffee brought to office parks on a fixed schedule."),
-    "triage_low": Triage(category="electronics repair", target_customer="households that still own a fax",
+    "triage_low": Triage(category="electronics repair", target_customer="fax machine owners",
                          summary="A shop that fixes old fax machines."),
     "analysis": Analysis(
         market="Office workers buy coffee daily; parks far from cafes have steady unmet demand.",
