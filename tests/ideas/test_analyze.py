@@ -111,13 +111,24 @@ def test_openai_backend_structured_output_on_llama_cpp_server(
 
 
 def test_invalid_output_is_retried_then_recorded_as_a_failure(llama: ModelManager) -> None:
+    from agentic.errors import InvalidOutputError
+    from agentic.ideas.analyzer import ANALYSIS_SYSTEM
+
     calls: list[CallRecord] = []
     analyzer = IdeaAnalyzer(llama, retries=1, analysis_tokens=8, on_call=calls.append)  # too few tokens for JSON
+    with pytest.raises(InvalidOutputError) as failed:
+        analyzer.structured(IDEA.id, "heavy", ANALYSIS_SYSTEM, idea_prompt(IDEA.title, IDEA.description), Analysis)
+    assert "2 attempts" in failed.value.message and "max_tokens" in failed.value.message
+    assert [(c.tier, c.attempt, c.ok) for c in calls] == [("heavy", 1, False), ("heavy", 2, False)]
+    # The whole idea: never ranked. Whether its triage passes the quality check depends on sampling; when it
+    # does, the analysis fails as above and the idea is recorded as failed with the reason.
+    calls.clear()
     result = analyzer.analyze(IDEA)
-    assert result.status == "failed" and result.triage is not None and result.analysis is None
-    assert result.error is not None and "2 attempts" in result.error and "max_tokens" in result.error
-    assert [(c.tier, c.attempt, c.ok) for c in calls] == [("light", 1, True), ("heavy", 1, False), ("heavy", 2, False)]
-    assert result.completion_tokens == sum(c.completion_tokens for c in calls) > 16
+    assert result.analysis is None and result.status in {"failed", "low_quality"}
+    if result.status == "failed":
+        assert result.error is not None and "max_tokens" in result.error
+        assert [(c.tier, c.ok) for c in calls][-2:] == [("heavy", False), ("heavy", False)]
+    assert result.completion_tokens == sum(c.completion_tokens for c in calls) > 0
 
 
 def _analyze(ideas: Path, out: Path) -> subprocess.Popen[str]:
@@ -258,15 +269,33 @@ def test_llama_cpp_schema_grammar_lets_json_break_lines_and_indent(llama: ModelM
     Triage.model_validate_json(answer["choices"][0]["message"]["content"])
 
 
-def test_a_valid_but_degenerate_answer_is_retried_then_kept_as_low_quality(llama: ModelManager) -> None:
-    """The real model's own greedy answer, checked against a title it copies: each attempt is rejected."""
-    analyzer = IdeaAnalyzer(llama, retries=0, temperature=0)
-    text = idea_prompt(IDEA.title, IDEA.description)
-    first = analyzer.structured(IDEA.id, "light", TRIAGE_SYSTEM, text, Triage, title=IDEA.title)
-    calls: list[CallRecord] = []
-    analyzer.on_call = calls.append
-    with pytest.raises(DegenerateAnswerError) as rejected:  # same prompt, greedy: the same answer, now a "copy"
-        analyzer.structured(IDEA.id, "light", TRIAGE_SYSTEM, text, Triage, title=first.summary)
+def test_a_valid_but_degenerate_answer_is_retried_then_kept_as_low_quality() -> None:
+    """The real model's own greedy answer, checked against a title it copies: each attempt is rejected.
+    One sequence at a time (llama.cpp's own path), so the same prompt gives the same greedy answer."""
+    with ModelManager(make_settings(model_n_threads=2, model_parallel=1)) as serial:
+        analyzer = IdeaAnalyzer(serial, retries=0, temperature=0)
+        text = idea_prompt(IDEA.title, IDEA.description)
+        first = analyzer.structured(IDEA.id, "light", TRIAGE_SYSTEM, text, Triage)  # no title: not checked
+        calls: list[CallRecord] = []
+        analyzer.on_call = calls.append
+        with pytest.raises(DegenerateAnswerError) as rejected:  # the same answer, now a "copy" of the title
+            analyzer.structured(IDEA.id, "light", TRIAGE_SYSTEM, text, Triage, title=first.summary)
     assert rejected.value.answer == first
-    assert rejected.value.problems[0].startswith("summary copies the idea's title")
-    assert len(calls) == 1 and not calls[0].ok and calls[0].error.startswith("degenerate: summary copies")
+    assert any(problem.startswith("summary copies the idea's title") for problem in rejected.value.problems)
+    assert len(calls) == 1 and not calls[0].ok and (calls[0].error or "").startswith("degenerate: ")
+
+
+def test_a_context_smaller_than_the_answer_budget_still_gets_answers() -> None:
+    """MODEL_CONTEXT_SIZE=1024 is below the analysis budget (1200 tokens): the budget is capped, not refused
+    (before, every analysis call was a 400 naming max_tokens and every idea failed)."""
+    from agentic.errors import InvalidOutputError
+    from agentic.ideas.analyzer import ANALYSIS_SYSTEM
+
+    calls: list[CallRecord] = []
+    with ModelManager(make_settings(model_n_threads=2, model_context_size=1024, model_parallel=2)) as manager:
+        analyzer = IdeaAnalyzer(manager, retries=0, on_call=calls.append)
+        try:
+            analyzer.structured(IDEA.id, "heavy", ANALYSIS_SYSTEM, idea_prompt(IDEA.title, IDEA.description), Analysis)
+        except InvalidOutputError:
+            pass  # the small model's answer may not validate: the request itself was accepted
+    assert len(calls) == 1 and calls[0].completion_tokens > 0

@@ -194,9 +194,12 @@ class IdeaAnalyzer:
                  temperature: float) -> tuple[Any, S | None, str]:
         """One call: (the raw answer, the validated value or None, why not)."""
         answer: Any = None
+        # Never more than the model's whole window (the library refuses that); the room left after the prompt
+        # caps it further, so a small MODEL_CONTEXT_SIZE still gets answers.
+        max_tokens = min(self.max_tokens[tier], model.context_size or self.max_tokens[tier])
         try:
             with lock:
-                answer = model.create_chat_completion(messages=messages, max_tokens=self.max_tokens[tier],
+                answer = model.create_chat_completion(messages=messages, max_tokens=max_tokens,
                                                       temperature=temperature, response_format=response_format(schema))
             assert isinstance(answer, dict)
             content = answer["choices"][0]["message"].get("content") or ""
