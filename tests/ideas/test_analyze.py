@@ -102,11 +102,14 @@ def test_openai_backend_structured_output_on_llama_cpp_server(
     with _peer_manager(llama_server) as manager, caplog.at_level(logging.WARNING):
         # retries: the peer's grammar lets through a rare answer that does not validate (seen ~1 in 10 runs)
         result = IdeaAnalyzer(manager, retries=2, on_call=calls.append).analyze(IDEA)
-    assert result.status == "ok", result.error
-    assert isinstance(result.analysis, Analysis) and 1 <= result.analysis.score <= 10
+    # Valid answers either way; a small model's may all be degenerate (quality.py), then it is kept apart.
+    assert result.status in {"ok", "low_quality"}, result.error
+    assert isinstance(result.triage, Triage)
+    if result.status == "ok":
+        assert isinstance(result.analysis, Analysis) and 1 <= result.analysis.score <= 10
+        assert [c.tier for c in calls if c.ok] == ["light", "heavy"]
     # llama_cpp.server has no json_schema type: the backend switched to its json_object + schema once.
     assert sum("refused response_format json_schema" in r.getMessage() for r in caplog.records) == 1
-    assert [c.tier for c in calls if c.ok] == ["light", "heavy"]
     assert all(c.prompt_tokens > 0 and c.completion_tokens > 0 for c in calls)
 
 
@@ -202,7 +205,10 @@ async def test_ideas_route_returns_validated_analysis(llama: ModelManager) -> No
         assert answer.status_code == 200, answer.text
         body = answer.json()
         Triage.model_validate(body["triage"])
-        Analysis.model_validate(body["analysis"])
+        if body["status"] == "ok":
+            Analysis.model_validate(body["analysis"])
+        else:  # every attempt at one tier said nothing: the last answer and why, not an error
+            assert body["status"] == "low_quality" and body["problems"]
         assert body["backend"] == "llama_cpp" and body["usage"]["completion_tokens"] > 0
         bad = await client.post("/v1/ideas/analyze", json={"title": "", "description": "x"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "title"
