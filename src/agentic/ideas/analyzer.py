@@ -67,26 +67,34 @@ def analysis_prompt(idea_text: str, triage: Triage) -> str:
     return f"{idea_text}\nCategory: {triage.category}\nCustomers: {triage.target_customer}"
 
 
-def _example_turns(tier: Tier) -> list[dict[str, str]]:
-    """The worked examples of a tier as user/assistant turns."""
-    pairs: list[tuple[str, BaseModel]] = []
+def _examples(schema: type[BaseModel]) -> list[tuple[str, BaseModel]]:
+    """The worked examples for a schema: (user message, answer) pairs; none for a schema of someone else's."""
     first, second = (idea_prompt(*idea) for idea in EXAMPLE_IDEAS)
-    if tier == "light":
-        pairs += [(first, EXAMPLES["triage"]), (second, EXAMPLES["triage_low"])]
-    else:
-        pairs += [(analysis_prompt(first, EXAMPLES["triage"]), EXAMPLES["analysis"]),
-                  (analysis_prompt(second, EXAMPLES["triage_low"]), EXAMPLES["analysis_low"])]
+    if schema is Triage:
+        return [(first, EXAMPLES["triage"]), (second, EXAMPLES["triage_low"])]
+    if schema is Analysis:
+        return [(analysis_prompt(first, EXAMPLES["triage"]), EXAMPLES["analysis"]),
+                (analysis_prompt(second, EXAMPLES["triage_low"]), EXAMPLES["analysis_low"])]
+    return []
+
+
+def _example_turns(schema: type[BaseModel]) -> list[dict[str, str]]:
+    """The worked examples as earlier user/assistant turns of the conversation."""
     turns: list[dict[str, str]] = []
-    for user, answer in pairs:
+    for user, answer in _examples(schema):
         turns += [{"role": "user", "content": user}, {"role": "assistant", "content": answer.model_dump_json()}]
     return turns
 
 
+def shown_to(system: str, schema: type[BaseModel]) -> Instructions:
+    """What a call is shown besides the idea (instructions, field descriptions, examples): an answer repeating it
+    did not answer."""
+    return Instructions.of(system, schema, [answer for _, answer in _examples(schema)])
+
+
 def instructions_for(tier: Tier) -> Instructions:
-    """What a tier is shown besides the idea: an answer repeating it did not answer."""
-    if tier == "light":
-        return Instructions.of(TRIAGE_SYSTEM, Triage, [EXAMPLES["triage"], EXAMPLES["triage_low"]])
-    return Instructions.of(ANALYSIS_SYSTEM, Analysis, [EXAMPLES["analysis"], EXAMPLES["analysis_low"]])
+    """What the application's call on a tier is shown besides the idea."""
+    return shown_to(TRIAGE_SYSTEM, Triage) if tier == "light" else shown_to(ANALYSIS_SYSTEM, Analysis)
 
 
 class DegenerateAnswerError(InvalidOutputError):
@@ -164,7 +172,8 @@ class IdeaAnalyzer:
         if every attempt is, DegenerateAnswerError carries the last answer and its problems.
         """
         model, lock = self.manager.for_tier(tier)
-        messages = [{"role": "system", "content": system}, *_example_turns(tier), {"role": "user", "content": user}]
+        messages = [{"role": "system", "content": system}, *_example_turns(schema), {"role": "user", "content": user}]
+        shown = shown_to(system, schema)
         problem, degenerate = "", None
         for attempt in range(1, self.retries + 2):
             # A retry samples more freely: the same greedy-ish path would likely fail the same way.
@@ -177,7 +186,7 @@ class IdeaAnalyzer:
             except AgenticError as exc:  # the backend failed after its own retries
                 self._record(idea_id, tier, model, None, attempt, started, exc.message, calls)
                 raise
-            found = answer_problems(value, title, instructions_for(tier)) if value is not None and title else []
+            found = answer_problems(value, title, shown) if value is not None and title else []
             degenerate = (value, found) if value is not None and found else degenerate
             problem = f"degenerate: {'; '.join(found)}" if found else problem
             self._record(idea_id, tier, model, answer, attempt, started, problem or None, calls)
