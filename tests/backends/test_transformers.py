@@ -95,7 +95,7 @@ def test_cuda_out_of_memory_becomes_error_with_hints(manager: GPUModelManager, m
     def out_of_memory(*args: object, **kwargs: object) -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(model, "model", out_of_memory)  # the fault a full GPU raises mid-generation
+    monkeypatch.setattr(model, "_forward", out_of_memory)  # the fault a full GPU raises mid-generation
     with pytest.raises(OutOfMemoryError) as caught:
         model(prompt="Hello", max_tokens=4)
     message = caught.value.message
@@ -154,7 +154,7 @@ def test_closing_a_batched_stream_ends_its_row(manager: GPUModelManager) -> None
     assert isinstance(model, TransformersModel) and model.batcher is not None
     batcher, steps = model.batcher, []
     forward = batcher.forward
-    batcher.forward = lambda **inputs: steps.append(1) or forward(**inputs)  # counts decode steps
+    batcher.forward = lambda cache, **inputs: steps.append(1) or forward(cache, **inputs)  # counts decode steps
     try:
         stream = model(prompt="Once upon a time", max_tokens=500, temperature=0.8, stream=True)
         next(stream)

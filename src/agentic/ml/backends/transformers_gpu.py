@@ -23,7 +23,7 @@ from ..default_model import EMBEDDED_LABEL, cache_dir_error, embedded_model_path
 from ..embeddings import EmbeddingModel
 from ..engines.gbnf import tool_gbnf
 from ..engines.structured import JsonConstraint, JsonGrammars
-from ..engines.transformers_batch import TransformersBatcher
+from ..engines.transformers_batch import TransformersBatcher, kv_forward
 from ..engines.transformers_embed import TransformersEmbeddingModel
 from ..generation import GenerationRequest
 from ..tiers import Tier
@@ -95,9 +95,10 @@ class TransformersModel(Model):
         self._grammars: JsonGrammars | None = None
         self._grammars_lock = threading.Lock()
         self.batcher: TransformersBatcher | None = None
+        self._forward = kv_forward(model)
         if settings.model_parallel > 1:
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            self.batcher = TransformersBatcher(lambda **inputs: self.model(**inputs), self.device, pad,
+            self.batcher = TransformersBatcher(lambda cache, **inputs: self._forward(cache, **inputs), self.device, pad,
                                                self.end_tokens, self._sample, settings.model_parallel)
             self.concurrent, self.parallel = True, settings.model_parallel  # calls that arrive together batch
 
@@ -160,9 +161,8 @@ class TransformersModel(Model):
         step, past = torch.tensor([request.prompt], device=self.device), None
         while True:
             with torch.inference_mode():
-                out = self.model(input_ids=step, past_key_values=past, use_cache=True, logits_to_keep=1)
-                past = out.past_key_values
-                logits = out.logits[0, -1].float()
+                logits, past = self._forward(past, input_ids=step)
+                logits = logits[0, -1].float()
                 if constraint is not None:
                     constraint.mask(logits)
                 token = self._sample(logits, sampling.temperature, sampling.top_p, generator)
@@ -187,7 +187,8 @@ class TransformersModel(Model):
         """Stop the batcher, drop the weights and release cached GPU memory."""
         if self.batcher is not None:
             self.batcher.close()
-        del self.model
+        self.batcher = None  # it and the forward function hold the model: drop them with it
+        del self._forward, self.model
         if self._torch.cuda.is_available():
             self._torch.cuda.empty_cache()
 

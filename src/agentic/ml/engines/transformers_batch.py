@@ -9,6 +9,7 @@ stream); the batch ends when every row has, and the next batch starts with whate
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import random
 import threading
@@ -22,10 +23,22 @@ from ...errors import ModelClosedError
 from ..generation import GenerationRequest, SamplingSpec
 from .channel import TokenChannel
 
-__all__ = ["TransformersBatcher"]
+__all__ = ["TransformersBatcher", "kv_forward"]
 
 _log = logging.getLogger(__name__)
 GATHER_SECONDS = 0.05  # waiting this long for company costs one request 50 ms, and gives 8 a shared batch
+
+
+def kv_forward(model: Any) -> Callable[..., tuple[Any, Any]]:
+    """`forward(cache, **inputs) -> (logits of the last position, the new KV cache)` for a transformers model,
+    under whichever name its version gives the cache: `cache` (5.x), or `past_key_values` (before; deprecated
+    since, and gone in 5.40)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def forward(cache: Any, **inputs: Any) -> tuple[Any, Any]:
+        out = model(**inputs, **{name: cache}, use_cache=True, logits_to_keep=1)
+        return out.logits, (out[name] if name in out else None)
+    return forward
 
 
 @dataclass
@@ -118,10 +131,8 @@ class TransformersBatcher:
         past = None
         while not all(row.over for row in rows):
             with torch.inference_mode():
-                out = self.forward(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                                   use_cache=True, logits_to_keep=1)
-            past = out.past_key_values
-            logits = out.logits[:, -1].float()
+                logits, past = self.forward(past, input_ids=ids, attention_mask=mask, position_ids=positions)
+            logits = logits[:, -1].float()
             step = []
             for index, row in enumerate(rows):
                 token = self.pad_token
