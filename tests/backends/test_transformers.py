@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from agentic.errors import ContextLengthExceededError, ModelLoadError, ModelNotAvailableError, OutOfMemoryError
-from agentic.ml.backends.transformers_gpu import PROBE_TEXT, check_converted_tokenizer, logits_are_finite
+from agentic.ml.backends.transformers_gpu import PROBE_TEXT, check_converted_tokenizer, outputs_are_finite
 from agentic.ml.gpu_model_manager import GPUModelManager, TransformersModel
 from agentic.ml.model_manager import ModelManager
 from conftest import make_settings
@@ -194,12 +194,15 @@ def test_a_dtype_that_overflows_is_caught_at_load(manager: GPUModelManager) -> N
     directory = _converted_directory(manager)
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
     half = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float16).eval()
-    assert not logits_are_finite(half, tokenizer)
+    assert not outputs_are_finite(half, tokenizer)
+    base = transformers.AutoModel.from_pretrained(directory, dtype=torch.float16).eval()
+    assert not outputs_are_finite(base, tokenizer)  # the embedding model's hidden states overflow alike
+    del base
     model, _ = manager.get(heavy=True)
-    assert logits_are_finite(model.model, tokenizer)  # float32 here
+    assert outputs_are_finite(model.model, tokenizer)  # float32 here
     # Without a bfloat16 GPU to fall back on, the load is refused with the setting to change.
     with pytest.raises(ModelLoadError) as refused:
-        manager._reload_without_overflow(half, directory, {"dtype": torch.float16}, manager.specs["heavy"])
+        manager._load_finite(lambda dtype: half, tokenizer, torch.float16, manager.specs["heavy"])
     assert refused.value.param == "GPU_TORCH_DTYPE" and "GPU_TORCH_DTYPE=float32" in refused.value.message
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -86,6 +87,7 @@ def _example_turns(schema: type[BaseModel]) -> list[dict[str, str]]:
     return turns
 
 
+@functools.lru_cache(maxsize=16)
 def shown_to(system: str, schema: type[BaseModel]) -> Instructions:
     """What a call is shown besides the idea (instructions, field descriptions, examples): an answer repeating it
     did not answer."""
@@ -169,7 +171,8 @@ class IdeaAnalyzer:
         """The tier's answer as a validated `schema`, retrying invalid output `retries` times.
 
         With the idea's `title`, an answer that passes the schema but is degenerate (quality.py) is invalid too;
-        if every attempt is, DegenerateAnswerError carries the last answer and its problems.
+        if no attempt is good and one at least was degenerate, DegenerateAnswerError carries the last degenerate
+        answer and its problems (else InvalidOutputError names the last problem).
         """
         model, lock = self.manager.for_tier(tier)
         messages = [{"role": "system", "content": system}, *_example_turns(schema), {"role": "user", "content": user}]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -193,12 +193,15 @@ class TransformersModel(Model):
             self._torch.cuda.empty_cache()
 
 
-def logits_are_finite(model: Any, tokenizer: Any) -> bool:
-    """One forward pass on PROBE_TEXT: False when any logit is NaN or inf (an overflowing dtype)."""
+def outputs_are_finite(model: Any, tokenizer: Any) -> bool:
+    """One forward pass on PROBE_TEXT: False when any output (the logits, or an embedding model's hidden states)
+    is NaN or inf (an overflowing dtype)."""
     torch, _ = _import_torch_stack()
     ids = tokenizer(PROBE_TEXT, return_tensors="pt").input_ids.to(next(model.parameters()).device)
     with torch.inference_mode():
-        return bool(torch.isfinite(model(input_ids=ids).logits).all())
+        out = model(input_ids=ids)
+    values = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+    return bool(torch.isfinite(values).all())
 
 
 def check_converted_tokenizer(gguf: Path, tokenizer: Any) -> None:
@@ -290,30 +293,32 @@ class GPUModelManager(BaseModelManager):
         try:
             directory = self._local_directory(spec, transformers)
             tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
-            model = transformers.AutoModelForCausalLM.from_pretrained(directory, **options).eval()
-            if not logits_are_finite(model, tokenizer):
-                model = self._reload_without_overflow(model, directory, options, spec)
+            model = self._load_finite(lambda dtype: transformers.AutoModelForCausalLM.from_pretrained(
+                directory, **{**options, "dtype": dtype}).eval(), tokenizer, options["dtype"], spec)
         except torch.cuda.OutOfMemoryError:
             raise OutOfMemoryError(OOM_HELP.format(what=f"loading {spec.name}")) from None
         return TransformersModel(spec.name, model, tokenizer, self.settings)
 
-    def _reload_without_overflow(self, model: Any, directory: str, options: dict[str, Any], spec: ModelSpec) -> Any:
-        """The model gave NaN/inf logits: in float16 (Gemma 2/3 overflow there) reload in bfloat16 where the GPU
-        has it; otherwise refuse with the setting to change, rather than answer with padding tokens."""
-        torch, transformers = _import_torch_stack()
-        dtype = self.settings.gpu_torch_dtype
+    def _load_finite(self, load: Callable[[Any], Any], tokenizer: Any, dtype: Any, spec: ModelSpec) -> Any:
+        """`load(dtype)`, checked for NaN/inf outputs: in float16 (Gemma 2/3 overflow there) it loads again in
+        bfloat16 where the GPU has it; otherwise it refuses with the setting to change, rather than answer with
+        padding tokens (or NaN embeddings)."""
+        torch, _ = _import_torch_stack()
+        model = load(dtype)
+        if outputs_are_finite(model, tokenizer):
+            return model
         del model
-        if options["dtype"] == torch.float16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            _log.warning("GPU_TORCH_DTYPE=float16 overflows in %s (NaN logits): loaded in bfloat16 instead. "
+        if dtype == torch.float16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            _log.warning("GPU_TORCH_DTYPE=float16 overflows in %s (NaN outputs): loaded in bfloat16 instead. "
                          "Set GPU_TORCH_DTYPE=bfloat16 to load it that way directly.", spec.name)
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                directory, **{**options, "dtype": torch.bfloat16}).eval()
-            if logits_are_finite(model, transformers.AutoTokenizer.from_pretrained(directory)):
+            model = load(torch.bfloat16)
+            if outputs_are_finite(model, tokenizer):
                 return model
-        fix = ("use GPU_TORCH_DTYPE=float32 (this GPU has no bfloat16)" if dtype == "float16"
+        setting = self.settings.gpu_torch_dtype
+        fix = ("use GPU_TORCH_DTYPE=float32 (this GPU has no bfloat16)" if setting == "float16"
                else "check the model files (a damaged download gives NaN weights)")
-        raise ModelLoadError(f"{spec.origin}: {spec.name} computes NaN/inf logits in {dtype} "
-                             f"(GPU_TORCH_DTYPE={dtype}): {fix}.", param="GPU_TORCH_DTYPE")
+        raise ModelLoadError(f"{spec.origin}: {spec.name} computes NaN/inf outputs in {setting} "
+                             f"(GPU_TORCH_DTYPE={setting}): {fix}.", param="GPU_TORCH_DTYPE")
 
     @classmethod
     def embedding_label(cls, settings: Settings) -> str:
@@ -332,12 +337,11 @@ class GPUModelManager(BaseModelManager):
         torch, transformers = _import_torch_stack()
         directory = self._local_directory(spec, transformers)
         dtype = getattr(torch, self.settings.gpu_torch_dtype) if torch.cuda.is_available() else torch.float32
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         _log.info("Loading %s for embeddings with transformers", spec.key)
-        model = transformers.AutoModel.from_pretrained(directory, dtype=dtype)
-        if torch.cuda.is_available():
-            model = model.to("cuda")
-        model.eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+        model = self._load_finite(lambda dtype: transformers.AutoModel.from_pretrained(
+            directory, dtype=dtype).to(device).eval(), tokenizer, dtype, spec)
         return TransformersEmbeddingModel(spec.name, model, tokenizer, self.settings.model_context_size)
 
     def _local_directory(self, spec: ModelSpec, transformers: Any) -> str:
