@@ -130,7 +130,10 @@ class IdeaAnalyzer:
     per character (digits do that on Gemma's tokenizer).
     """
 
-    def __init__(self, manager: BaseModelManager, *, retries: int = 2, temperature: float = 0.2,
+    # 0.7 on the first attempt: near-greedy sampling (0.2) made a small model copy the worked examples and repeat
+    # list items more often, and every such answer costs a retry. `make run`'s analysis, 3 runs each: 0.2 took
+    # 49-55 s with 31-34 of ~72 calls degenerate; 0.7 took 42-49 s with 17-29 of ~64 (benchmarks/RESULTS.md).
+    def __init__(self, manager: BaseModelManager, *, retries: int = 2, temperature: float = 0.7,
                  triage_tokens: int = 320, analysis_tokens: int = 1200,
                  on_call: Callable[[CallRecord], None] | None = None) -> None:
         self.manager = manager
@@ -179,7 +182,7 @@ class IdeaAnalyzer:
         shown = shown_to(system, schema)
         problem, degenerate = "", None
         for attempt in range(1, self.retries + 2):
-            # A retry samples more freely: the same greedy-ish path would likely fail the same way.
+            # A retry samples more freely: the same path would likely fail the same way.
             temperature = self.temperature if attempt == 1 else min(1.0, self.temperature + 0.3 * attempt)
             started = time.perf_counter()
             try:

@@ -131,6 +131,7 @@ class LlamaCppModel(Model):
         self.gpu_layers = gpu_layers
         self.grammar_budget = settings.model_grammar_time_budget
         self.template = self._chat_template()
+        self._pieces: dict[int, bytes] = {}  # token -> its bytes, filled as tokens are first generated
 
     @property
     def alive(self) -> bool:
@@ -194,9 +195,16 @@ class LlamaCppModel(Model):
     def _text(self, generated: Iterator[int], request: GenerationRequest, params: GenerationParams) -> Iterator[Delta]:
         vocab = self.llama._model.vocab
         is_end = self._llama_cpp.llama_vocab_is_eog
-        stream = TokenTextStream(lambda token: self.llama.detokenize([token]),
-                                 lambda token: bool(is_end(vocab, token)), request, params.stop)
+        stream = TokenTextStream(self._piece, lambda token: bool(is_end(vocab, token)), request, params.stop)
         return stream.run(generated)
+
+    def _piece(self, token: int) -> bytes:
+        """One generated token's bytes: the same wherever it occurs, so looked up once (saves a llama.cpp call
+        and a buffer per streamed token)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.llama.detokenize([token])
+        return piece
 
     def _grammar(self, params: GenerationParams) -> Any:
         """llama-cpp-python's grammar object for response_format (the unbatched path), or None."""

@@ -27,7 +27,7 @@ class TokenChannel(Iterator[int]):
     """One generation's token ids as they are sampled; `close()` cancels it."""
 
     def __init__(self, worker_alive: Callable[[], bool], on_cancel: Callable[[], None] = _nothing) -> None:
-        self._queue: queue.Queue[int] = queue.Queue()
+        self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()  # C-level: the worker's put is cheap
         self._worker_alive = worker_alive
         self._on_cancel = on_cancel
         self.error: BaseException | None = None
