@@ -40,6 +40,15 @@ def test_a_field_copying_the_worked_example_is_caught() -> None:
     assert rules(SOUND.model_copy(update={"reason": copied})) == ["instructions"]
 
 
+def test_a_category_shared_with_an_example_is_a_class_not_a_copy() -> None:
+    """Four food ideas of the sample were filed under the example's "food and drink" and dropped as copies."""
+    food = Triage(category=EXAMPLES["triage"].category, target_customer="families with food allergies",
+                  summary="Weekly meal kits free of the common allergens.")
+    assert answer_problems(food, "Allergy-safe meal kits", TRIAGE_SHOWN) == []
+    copied = food.model_copy(update={"target_customer": EXAMPLES["triage"].target_customer})
+    assert rules(copied, TRIAGE_SHOWN) == ["instructions"]  # the other fields are still held to the examples
+
+
 @pytest.mark.parametrize("text", ["Why? Why? Why? Why?", "}, } } } } }", "In one sentence. In one sentence.",
                                   "20000000000000000000000", "good good good idea", "a b a b a b a b a b a b"])
 def test_loops_are_caught(text: str) -> None:

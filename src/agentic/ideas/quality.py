@@ -50,7 +50,10 @@ class Instructions:
         """The instructions of one call: its system prompt, the schema's descriptions, the examples' strings."""
         properties = schema.model_json_schema().get("properties", {})
         texts = [system, *(str(spec.get("description", "")) for spec in properties.values())]
-        texts += [text for example in examples for _, text in _strings(example)]
+        # A label field (LABELS: a category) names a class many ideas share: an example's value there is not copied
+        # when a food idea is filed under the example's "food and drink" too.
+        texts += [text for example in examples for name, text in _strings(example)
+                  if name not in getattr(type(example), "LABELS", ())]
         return cls([text for text in texts if text])
 
     def repeated_by(self, text: str) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -28,6 +28,7 @@ class Triage(BaseModel):
     """The light tier's quick read of an idea."""
 
     model_config = ConfigDict(extra="forbid")
+    LABELS: ClassVar[tuple[str, ...]] = ("category",)  # classes shared by many ideas (quality.py: not a copy)
 
     # Summary first: a small model restates the idea before it names a sector, instead of copying an example's.
     summary: str = Field(min_length=10, max_length=160, description="The idea in one line.")
