@@ -82,8 +82,10 @@ class BatchEngine:
         # One buffer: a prefix shared by several sequences is stored once, and a step that mixes a prompt chunk
         # with decode tokens is one ubatch. Measured 2026-11-25 with one stream per sequence instead (as
         # llama-server has): 16 x 256 decoded together 2% faster in process, but 15 decode tokens + a 10-token
-        # prompt took 108 ms instead of 80 (llama.cpp splits such a step into several ubatches), and over HTTP,
-        # where requests arrive at different times, 16 streaming clients got 0.38-0.47x llama-server's rate.
+        # prompt took 108 ms instead of 80 (llama.cpp splits such a step into several ubatches), and over HTTP
+        # 16 streaming clients got 0.38-0.47x llama-server's rate: a multi-stream ubatch takes only consecutive
+        # sequence ids in batch order, and `running` is in admission order. In slot order it was level with
+        # this buffer (2026-11-26, benchmarks/RESULTS.md); sort the batch by slot before trying it again.
         params.kv_unified = True
         params.swa_full = True  # sliding-window layers keep every cell, so any cached prefix can be reused
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if flash_attention
