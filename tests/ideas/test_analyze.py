@@ -136,9 +136,15 @@ def test_invalid_output_is_retried_then_recorded_as_a_failure(llama: ModelManage
 
 def _analyze(ideas: Path, out: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "MODEL_N_THREADS": "2", "MODEL_CONTEXT_SIZE": "2048", "MODEL_PARALLEL": "2"}
-    return subprocess.Popen([sys.executable, "-m", "agentic.cli", "analyze", str(ideas), "--out", str(out),
-                             "--no-progress", "--concurrency", "2"], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # The child must take Ctrl-C as a user's terminal gives it: a suite run as a background job (`make test &`)
+    # ignores SIGINT, and an ignored signal is inherited across exec, a handler is not.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "agentic.cli", "analyze", str(ideas), "--out", str(out),
+                                 "--no-progress", "--concurrency", "2"], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _complete_lines(path: Path) -> list[dict[str, object]]:
