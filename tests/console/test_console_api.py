@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,24 +53,31 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@dataclass
+class Gate:
+    written: threading.Event = field(default_factory=threading.Event)  # the run's one result is on disk
+    release: threading.Event = field(default_factory=threading.Event)  # the run may end
+
+
 @pytest.fixture()
-def gated_analysis(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """analyze_file and build_report replaced by stand-ins: the run writes one result and waits for the event."""
-    release = threading.Event()
+def gated_analysis(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """analyze_file and build_report replaced by stand-ins: the run writes one result and waits for the release."""
+    gate = Gate()
 
     def analyze_file(manager: Any, ideas_path: Path, out_dir: Path, **options: Any) -> None:
         assert options["show_progress"] is False
         line = {"id": "a", "status": "ok"}
         (out_dir / "results.jsonl").write_text(json.dumps(line) + "\n")
-        assert release.wait(60)
+        gate.written.set()
+        assert gate.release.wait(60)
 
     def build_report(out_dir: Path, table: Any) -> None:
         (out_dir / "report.html").write_text("<!DOCTYPE html><h1>Business idea analysis</h1>")
 
     monkeypatch.setattr(console_runs, "analyze_file", analyze_file)
     monkeypatch.setattr(console_runs, "build_report", build_report)
-    yield release
-    release.set()
+    yield gate
+    gate.release.set()
 
 
 def _error(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -134,14 +142,15 @@ async def test_static_route_serves_only_shipped_files(client: httpx.AsyncClient)
 
 
 async def test_a_second_run_while_one_runs_is_409(client: httpx.AsyncClient, app: FastAPI,
-                                                  gated_analysis: threading.Event) -> None:
+                                                  gated_analysis: Gate) -> None:
     first = await client.post("/console/api/runs?filename=first.csv", content=GOOD_CSV)
     assert first.status_code == 201 and first.json()["state"] == "running" and first.json()["ideas"] == 1
     error = _error(await client.post("/console/api/runs?filename=second.csv", content=GOOD_CSV), 409)
     assert error["code"] == "analysis_running"
+    assert await asyncio.to_thread(gated_analysis.written.wait, 60)  # the run's thread may lag on a busy machine
     running = (await client.get(f"/console/api/runs/{first.json()['id']}")).json()
     assert running["state"] == "running" and running["counts"] == {"ok": 1}
-    gated_analysis.set()
+    gated_analysis.release.set()
     done = await _wait_for_state(client, first.json()["id"])
     assert done["state"] == "done" and done["counts"] == {"ok": 1} and done["wall_s"] is not None
     listed = (await client.get("/console/api/runs")).json()["data"]
