@@ -64,6 +64,17 @@ def make_settings(**overrides: object) -> Settings:
     return load_settings(env_file=None, **values)
 
 
+@contextmanager
+def batched_llama(**overrides: object) -> Iterator[Any]:
+    """The embedded model on llama.cpp's batching engine, with `overrides` (a test module's model fixture)."""
+    from agentic.ml.model_manager import LlamaCppModel, ModelManager
+
+    with ModelManager(make_settings(**overrides)) as manager:
+        model, _ = manager.get(heavy=True)
+        assert isinstance(model, LlamaCppModel) and model.engine is not None
+        yield model
+
+
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
     """The embedded Gemma 3 270M GGUF, assembled once."""

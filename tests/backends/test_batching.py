@@ -12,7 +12,7 @@ import pytest
 
 from agentic.ml.generation import GenerationRequest, SamplingSpec
 from agentic.ml.model_manager import LlamaCppModel, ModelManager
-from conftest import assert_greedy_up_to_a_tie, make_settings
+from conftest import assert_greedy_up_to_a_tie, batched_llama, make_settings
 
 PROMPTS = ["The capital of France is", "Water is made of", "Once upon a time", "The best way to learn is",
            "In 1492, Columbus", "My favourite food is", "The sun rises in the", "A good business idea is"]
@@ -22,12 +22,9 @@ PROMPTS = ["The capital of France is", "Water is made of", "Once upon a time", "
 def model() -> Iterator[LlamaCppModel]:
     # Raw llama.cpp's reference below runs without flash attention and keeps no other sequence's cells: so does
     # this engine, for the token-for-token comparison (the prefix cache has its own tests).
-    manager = ModelManager(make_settings(model_parallel=8, model_context_size=512, model_n_threads=2,
-                                         model_prefix_cache=False, model_flash_attention=False))
-    model, _ = manager.get(heavy=True)
-    assert isinstance(model, LlamaCppModel) and model.engine is not None
-    yield model
-    manager.close()
+    with batched_llama(model_parallel=8, model_context_size=512, model_n_threads=2, model_prefix_cache=False,
+                       model_flash_attention=False) as model:
+        yield model
 
 
 @pytest.fixture(scope="module")

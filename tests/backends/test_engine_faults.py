@@ -13,17 +13,14 @@ import pytest
 
 from agentic.errors import EngineFailedError, SchemaTooComplexError
 from agentic.ml.gpu_model_manager import GPUModelManager, TransformersModel
-from agentic.ml.model_manager import LlamaCppModel, ModelManager
-from conftest import make_settings
+from agentic.ml.model_manager import LlamaCppModel
+from conftest import batched_llama, make_settings
 
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[LlamaCppModel]:
-    manager = ModelManager(make_settings(model_parallel=4, model_context_size=512, model_n_threads=2))
-    model, _ = manager.get(heavy=True)
-    assert isinstance(model, LlamaCppModel) and model.engine is not None
-    yield model
-    manager.close()
+    with batched_llama(model_parallel=4, model_context_size=512, model_n_threads=2) as model:
+        yield model
 
 
 def _complete(model: LlamaCppModel, prompt: str = "Once upon a time", **options: Any) -> dict[str, Any]:

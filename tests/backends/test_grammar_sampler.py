@@ -11,8 +11,8 @@ import pytest
 from agentic.ideas.analyzer import ANALYSIS_SYSTEM, TRIAGE_SYSTEM, _example_turns, idea_prompt
 from agentic.ideas.schemas import Analysis, Triage, response_format
 from agentic.ml.engines.grammar_sampler import Grammar
-from agentic.ml.model_manager import LlamaCppModel, ModelManager
-from conftest import make_settings
+from agentic.ml.model_manager import LlamaCppModel
+from conftest import batched_llama
 
 IDEAS = [("Dog bakery", "Fresh treats for dogs, delivered weekly."),
          ("Tool library", "Members borrow drills and ladders instead of buying them."),
@@ -21,11 +21,8 @@ IDEAS = [("Dog bakery", "Fresh treats for dogs, delivered weekly."),
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[LlamaCppModel]:
-    manager = ModelManager(make_settings(model_parallel=2, model_context_size=2048, model_n_threads=2))
-    model, _ = manager.get(heavy=True)
-    assert isinstance(model, LlamaCppModel) and model.engine is not None
-    yield model
-    manager.close()
+    with batched_llama(model_parallel=2, model_context_size=2048, model_n_threads=2) as model:
+        yield model
 
 
 def _answers(model: LlamaCppModel, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[Grammar]]:
@@ -60,4 +57,3 @@ def test_greedy_answers_are_the_whole_vocabulary_masks_answers(model: LlamaCppMo
     assert refused > 0 and refused == sum(grammar.refused for grammar in whole_grammars)
     assert sum(grammar.full_masks for grammar in whole_grammars) == refused
     assert sum(grammar.full_masks for grammar in stepped_grammars) < refused / 4
-
