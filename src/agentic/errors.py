@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "ContextLengthExceededError",
     "EngineFailedError",
+    "HeadersTooLargeError",
     "InvalidAPIKeyError",
     "InvalidOutputError",
     "InvalidRequestError",
@@ -252,6 +253,14 @@ class PayloadTooLargeError(AgenticError):
     status_code = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
+
+
+class HeadersTooLargeError(AgenticError):
+    """The request line and headers are larger than the server takes."""
+
+    status_code = 431
+    error_type = "invalid_request_error"
+    code = "headers_too_large"
 
 
 class RequestTimeoutError(AgenticError):

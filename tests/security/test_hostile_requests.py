@@ -215,6 +215,29 @@ def test_idle_connections_are_closed_and_capped(server: tuple[str, Path, float])
 
 
 @pytest.mark.slow
+def test_slow_or_oversized_request_heads_are_cut_off(server: tuple[str, Path, float]) -> None:
+    url, _, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    import socket
+
+    def reply(data: bytes) -> bytes:
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(data)
+            sock.settimeout(None)  # no deadline of ours: the server must answer or close (API_HEADER_TIMEOUT=2)
+            return _read_response(sock)
+
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    assert reply(head) == b""  # half a head, then nothing: closed at the deadline
+    too_large = reply(head + b"x-padding: " + b"a" * 40_000)  # an unfinished head over 16 KB
+    assert too_large.startswith(b"HTTP/1.1 431") and b"headers_too_large" in too_large
+    # A large body in the same packets as its head is a body, not a head: the key is checked as usual.
+    body = json.dumps({"model": "heavy", "messages": [{"role": "user", "content": "a" * 60_000}]}).encode()
+    with_body = reply(head + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert with_body.startswith(b"HTTP/1.1 401") and b"API_KEYS" in with_body
+    assert httpx.get(f"{url}/health", timeout=None).status_code == 200
+
+
+@pytest.mark.slow
 def test_ready_without_a_key_says_only_ready(server: tuple[str, Path, float]) -> None:
     url, _, _ = server
     bare = httpx.get(f"{url}/ready", timeout=None)

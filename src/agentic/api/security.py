@@ -20,6 +20,7 @@ from ..errors import (
     AgenticError,
     ClientAuthenticationError,
     ConfigError,
+    HeadersTooLargeError,
     PayloadTooLargeError,
     RequestTimeoutError,
     ServerBusyError,
@@ -147,54 +148,102 @@ async def send_error(send: Any, error: AgenticError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def guarded_protocol(header_timeout: float, max_connections: int) -> type[Any]:
-    """uvicorn's h11 protocol with a deadline for each request head and a cap on open connections.
+MAX_HEAD_BYTES = 16 * 1024  # a request line and headers past this are refused (h11's default cap under uvicorn)
+_REASONS = {431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
-    uvicorn has neither: a client that connects and sends nothing, or sends its headers a byte at a
-    time, holds its connection (and a file descriptor) forever. Past `max_connections` a new
-    connection is answered 503 in OpenAI's envelope and closed.
+
+def _refuse(transport: Any, error: AgenticError) -> None:
+    """An OpenAI-envelope error written straight on the connection, which is then closed."""
+    body = json.dumps(error.to_openai()).encode()
+    retry = b"retry-after: " + str(error.retry_after).encode() + b"\r\n" if error.retry_after is not None else b""
+    transport.write(b"HTTP/1.1 " + str(error.status_code).encode() + b" " + _REASONS[error.status_code]
+                    + b"\r\ncontent-type: application/json\r\n" + retry + b"connection: close\r\ncontent-length: "
+                    + str(len(body)).encode() + b"\r\n\r\n" + body)
+    transport.close()
+
+
+class _HeadGuard:
+    """The guard's half of the protocol class (mixed in before uvicorn's HttpToolsProtocol)."""
+
+    header_timeout: float
+    max_connections: int
+    busy: ServerBusyError
+    too_large: HeadersTooLargeError
+    connections: set[Any]  # these four are HttpToolsProtocol's
+    loop: asyncio.AbstractEventLoop
+    transport: Any
+    cycle: Any
+    _head_deadline: asyncio.TimerHandle | None = None
+    _head_bytes: int | None = None  # bytes of the unfinished request head; None between heads
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        if len(self.connections) > self.max_connections:
+            _refuse(transport, self.busy)
+            return
+        self._await_head()
+
+    def _await_head(self) -> None:
+        self._disarm()
+        self._head_deadline = self.loop.call_later(self.header_timeout, self._head_too_slow)
+
+    def _disarm(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _idle(self) -> bool:
+        """No whole request head since the last answer."""
+        cycle = self.cycle
+        return cycle is None or cycle.response_complete
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        if self._idle() and not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if self._head_bytes is not None and not self.transport.is_closing():
+            self._head_bytes += len(data)  # the head is still unfinished after these bytes
+            if self._head_bytes > MAX_HEAD_BYTES:
+                _refuse(self.transport, self.too_large)
+
+    def on_message_begin(self) -> None:
+        self._head_bytes = 0
+        super().on_message_begin()  # type: ignore[misc]
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = None
+        self._disarm()
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if not self.transport.is_closing() and self._idle():
+            self._await_head()  # the next request's head has the same deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+def guarded_protocol(header_timeout: float, max_connections: int) -> type[Any]:
+    """uvicorn's httptools protocol with a deadline and a size cap for each request head, and a cap on open
+    connections.
+
+    uvicorn has neither deadline nor cap: a client that connects and sends nothing, or sends its headers a
+    byte at a time, holds its connection (and a file descriptor) forever, and httptools buffers a head of
+    any size. Past `max_connections` a new connection is answered 503 in OpenAI's envelope and closed; a
+    head still unfinished past MAX_HEAD_BYTES is answered 431 and closed. httptools (C) rather than h11
+    (Python): a streamed token costs the event loop about a third less (benchmarks/RESULTS.md).
     """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     busy = ServerBusyError(f"The server has API_MAX_CONNECTIONS={max_connections} connections open. Retry "
                            "after a second, or raise API_MAX_CONNECTIONS.")
-
-    class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
-        _head_deadline: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                body = json.dumps(busy.to_openai()).encode()
-                transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: "
-                                + str(busy.retry_after).encode() + b"\r\nconnection: close\r\ncontent-length: "
-                                + str(len(body)).encode() + b"\r\n\r\n" + body)
-                transport.close()
-                return
-            self._arm()
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._head_deadline = self.loop.call_later(header_timeout, self._head_too_slow)
-
-        def _disarm(self) -> None:
-            if self._head_deadline is not None:
-                self._head_deadline.cancel()
-                self._head_deadline = None
-
-        def _head_too_slow(self) -> None:
-            self._head_deadline = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():  # no whole request head yet
-                self.transport.close()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm()  # the next request's head has the same deadline
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-    return GuardedH11Protocol
+    too_large = HeadersTooLargeError(f"The request line and headers are over {MAX_HEAD_BYTES} bytes. Send "
+                                     "large values in the body.")
+    return type("GuardedHttpToolsProtocol", (_HeadGuard, HttpToolsProtocol),
+                {"header_timeout": header_timeout, "max_connections": max_connections, "busy": busy,
+                 "too_large": too_large})
