@@ -215,6 +215,8 @@ def main() -> None:
     parser.add_argument("--proxy", action="store_true",
                         help="also measure llama-server behind agentic's openai backend (a managed llama-server's "
                              "cost: the proxy hop per token)")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="run only the rows whose name contains TEXT (repeatable), e.g. --only '1 streaming'")
     args, binary, gguf, threads = setup(parser)
     figures: dict[str, list[dict[str, float]]] = {}
     sixteen = {"idle memory, 16 slots": idle_memory, "1 streaming client, 64 tokens": streaming(1, 64),
@@ -222,8 +224,13 @@ def main() -> None:
                "shared ~400-token prefix, 16 requests 8 at a time": shared_prefix,
                "structured json_schema, 8 clients": structured}
     eight = {"8 clients, 64 tokens, 8 slots each": streaming(8, 64)}
+    if args.only:
+        sixteen, eight = ({row: run for row, run in rows.items() if any(text in row for text in args.only)}
+                          for rows in (sixteen, eight))
     print(f"Gemma 3 270M Q4_K_M, {threads} threads, prompts {PROMPTS[0]!r}...", flush=True)
     for slots, rows in ((16, sixteen), (8, eight)):
+        if not rows:
+            continue
         ours, peer = servers(binary, gguf, slots, threads)
         with ours, peer:
             compare(rows, (ours, peer), args.rounds, figures)
