@@ -20,6 +20,8 @@ from agentic.api.app import create_app
 from agentic.console import runs as console_runs
 from agentic.console.sampler import MetricsSampler, Snapshot, quantile, series
 from agentic.ideas.analyzer import CallRecord
+from agentic.ideas.schemas import Idea, IdeaResult
+from agentic.ideas.store import ResultsLog
 from agentic.ml.base import BaseModelManager
 from agentic.ml.model_manager import ModelManager
 from conftest import make_settings
@@ -66,8 +68,8 @@ def gated_analysis(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
 
     def analyze_file(manager: Any, ideas_path: Path, out_dir: Path, **options: Any) -> None:
         assert options["show_progress"] is False
-        line = {"id": "a", "status": "ok"}
-        (out_dir / "results.jsonl").write_text(json.dumps(line) + "\n")
+        idea = Idea(title="A shop", description="Sells things")
+        ResultsLog(out_dir / "results.jsonl").append(IdeaResult(id=idea.id, status="ok", idea=idea, backend="x"))
         gate.written.set()
         assert gate.release.wait(60)
 

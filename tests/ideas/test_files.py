@@ -108,6 +108,18 @@ def test_results_log_survives_a_line_cut_short(tmp_path: Path) -> None:
     assert set(log.load()) == {first.id, second.id}
 
 
+def test_results_log_counts_while_a_line_is_being_written(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = ResultsLog(tmp_path / "results.jsonl")
+    assert log.counts() == {}  # no file yet
+    log.append(_result("One", 7))
+    log.append(_result("One", 7).model_copy(update={"status": "low_quality"}))  # the idea ran again: latest counts
+    log.append(_result("Two", 3))
+    with log.path.open("a") as file:  # the running analysis is halfway through its next line
+        file.write(_result("Three", 5).model_dump_json()[:40])
+    assert log.counts() == {"low_quality": 1, "ok": 1}
+    assert "not a complete result" not in caplog.text  # a line being written is not a broken one
+
+
 class _NoModel(BaseModelManager):
     """A manager with no model: every idea it is asked to run fails at once, so a test sees which ones ran."""
 

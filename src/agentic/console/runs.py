@@ -8,14 +8,12 @@ runner appends to as each idea ends.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import secrets
 import shutil
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
@@ -31,6 +29,7 @@ from ..ideas.analyzer import CallRecord
 from ..ideas.loader import load_ideas
 from ..ideas.report import build_report
 from ..ideas.runner import analyze_file
+from ..ideas.store import ResultsLog
 
 __all__ = ["FILES", "AnalysisRuns", "RunRecord", "metrics_counter"]
 
@@ -96,22 +95,6 @@ def _read_ideas(path: Path, filename: str) -> tuple[int, list[str]]:
         why = "; ".join(problems[:3]) if problems else "it has no rows after the header"
         raise InvalidRequestError(f"{filename!r} holds no idea to analyze: {why}.", param="file")
     return len(ideas), problems
-
-
-def _counts(run_dir: Path) -> dict[str, int]:
-    """Finished ideas by status, from the complete lines of results.jsonl (the last result of each idea)."""
-    try:
-        raw = (run_dir / "results.jsonl").read_bytes()
-    except OSError:
-        return {}
-    latest: dict[str, str] = {}
-    for line in raw.split(b"\n")[:-1]:  # the part after the last newline may be a line being written
-        try:
-            result = json.loads(line)
-            latest[str(result["id"])] = str(result["status"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return dict(Counter(latest.values()))
 
 
 def metrics_counter(state: ServerState, run_id: str) -> Callable[[CallRecord], None]:
@@ -210,7 +193,7 @@ class AnalysisRuns:
             record.state, record.error = "failed", f"Internal error ({type(exc).__name__}); see the server log."
         finally:
             record.finished, record.wall_s = _now(), round(time.perf_counter() - started, 1)
-            record.counts = _counts(run_dir)
+            record.counts = ResultsLog(run_dir / "results.jsonl").counts()
             try:
                 _write(run_dir, record)
             finally:
@@ -225,7 +208,7 @@ class AnalysisRuns:
             return None
         if record.state == "running":
             if record.id == self._running:
-                record.counts = _counts(run_dir)
+                record.counts = ResultsLog(run_dir / "results.jsonl").counts()
             else:  # the server stopped while it ran
                 record.state = "interrupted"
         return record

@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,22 +44,29 @@ class ResultsLog:
         self.path = path
         self._lock = threading.Lock()
 
-    def load(self) -> dict[str, IdeaResult]:
+    def load(self, *, while_written: bool = False) -> dict[str, IdeaResult]:
         """The latest result per idea id; a line cut short by a crash is skipped with a warning.
 
         The file is read as bytes and each line decoded on its own: a crash inside a multi-byte character
-        spoils that line only, not the whole file.
+        spoils that line only, not the whole file. `while_written`: a run is appending to the file now, so
+        the part after the last newline is a line still being written, left out without a warning.
         """
         results: dict[str, IdeaResult] = {}
-        if not self.path.is_file():
+        try:
+            lines = self.path.read_bytes().split(b"\n")
+        except OSError:  # no results yet
             return results
-        for number, raw in enumerate(self.path.read_bytes().split(b"\n"), start=1):
+        for number, raw in enumerate(lines[:-1] if while_written else lines, start=1):
             if not raw.strip():
                 continue
             result = self._parse(raw, number)
             if result is not None:
                 results[result.id] = result
         return results
+
+    def counts(self) -> dict[str, int]:
+        """Finished ideas by status (the latest result of each), while a run may be appending."""
+        return dict(Counter(result.status for result in self.load(while_written=True).values()))
 
     def _parse(self, raw: bytes, number: int) -> IdeaResult | None:
         """One line as a result, or None (with a warning naming the file and line) when it is not one."""
