@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import start_agentic_server, stop
+from conftest import serving, start_agentic_server
 
 KEY = "hostile-test-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -61,14 +61,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path) -> Iterat
         os.link(gemma_path, light)
     except OSError:
         shutil.copy(gemma_path, light)
-    url, process = start_agentic_server(directory, API_KEYS=KEY, MODEL_PARALLEL="4", MODEL_1B_PATH=str(light),
-                                        MODEL_PRELOAD="true", API_HEADER_TIMEOUT="2", API_MAX_CONNECTIONS="24")
-    _post(url, _chat_body("Hi", "heavy"))  # warm both tiers up
-    started = time.perf_counter()
-    assert _post(url, _chat_body("Hi", "light", max_tokens=1)).status_code == 200
-    unit = time.perf_counter() - started
-    yield url, directory / f"agentic-{url.rsplit(':', 1)[1]}.log", unit
-    stop(process)
+    started_server = start_agentic_server(directory, API_KEYS=KEY, MODEL_PARALLEL="4", MODEL_1B_PATH=str(light),
+                                          MODEL_PRELOAD="true", API_HEADER_TIMEOUT="2", API_MAX_CONNECTIONS="24")
+    with serving(started_server) as url:  # stopped even when the warm-up below fails
+        _post(url, _chat_body("Hi", "heavy"))  # warm both tiers up
+        started = time.perf_counter()
+        assert _post(url, _chat_body("Hi", "light", max_tokens=1)).status_code == 200
+        unit = time.perf_counter() - started
+        yield url, directory / f"agentic-{url.rsplit(':', 1)[1]}.log", unit
 
 
 def _chat_body(content: str, tier: str, **extra: Any) -> dict[str, Any]:
