@@ -230,6 +230,9 @@ def test_slow_or_oversized_request_heads_are_cut_off(server: tuple[str, Path, fl
     assert reply(head) == b""  # half a head, then nothing: closed at the deadline
     too_large = reply(head + b"x-padding: " + b"a" * 40_000)  # an unfinished head over 16 KB
     assert too_large.startswith(b"HTTP/1.1 431") and b"headers_too_large" in too_large
+    many = b"".join(b"x-h%d: v\r\n" % i for i in range(3000))  # a whole head of 30 KB in small headers
+    too_large = reply(b"GET /health HTTP/1.1\r\nhost: x\r\n" + many + b"\r\n")
+    assert too_large.startswith(b"HTTP/1.1 431") and b"headers_too_large" in too_large
     # A large body in the same packets as its head is a body, not a head: the key is checked as usual.
     body = json.dumps({"model": "heavy", "messages": [{"role": "user", "content": "a" * 60_000}]}).encode()
     with_body = reply(head + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)

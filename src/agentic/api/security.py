@@ -174,7 +174,10 @@ class _HeadGuard:
     transport: Any
     cycle: Any
     _head_deadline: asyncio.TimerHandle | None = None
-    _head_bytes: int | None = None  # bytes of the unfinished request head; None between heads
+    # The request head being read: its parsed line and headers, and the bytes received since it began (a
+    # header still arriving sits in httptools' buffer, not yet parsed). None between heads.
+    _head_bytes: int | None = None
+    _head_received: int | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -204,17 +207,37 @@ class _HeadGuard:
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)  # type: ignore[misc]
-        if self._head_bytes is not None and not self.transport.is_closing():
-            self._head_bytes += len(data)  # the head is still unfinished after these bytes
-            if self._head_bytes > MAX_HEAD_BYTES:
+        if self._head_received is not None and not self.transport.is_closing():
+            self._head_received += len(data)  # the head is still unfinished after these bytes
+            if self._head_received > MAX_HEAD_BYTES:
                 _refuse(self.transport, self.too_large)
 
+    def _count(self, size: int) -> None:
+        if self._head_bytes is not None:
+            self._head_bytes += size
+            if self._head_bytes > MAX_HEAD_BYTES:  # stops the parser: uvicorn then calls send_400_response
+                raise ValueError(f"request head over {MAX_HEAD_BYTES} bytes")  # httptools: HttpParserCallbackError
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_bytes is not None and self._head_bytes > MAX_HEAD_BYTES:
+            _refuse(self.transport, self.too_large)
+        else:
+            super().send_400_response(msg)  # type: ignore[misc]
+
     def on_message_begin(self) -> None:
-        self._head_bytes = 0
+        self._head_bytes = self._head_received = 0
         super().on_message_begin()  # type: ignore[misc]
 
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)  # type: ignore[misc]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)  # type: ignore[misc]
+
     def on_headers_complete(self) -> None:
-        self._head_bytes = None
+        self._head_bytes = self._head_received = None
         self._disarm()
         super().on_headers_complete()  # type: ignore[misc]
 
