@@ -2,7 +2,8 @@
 
 Everything here runs before a route does: the key is checked before the body is read, a body is read
 whole (at most API_MAX_BODY_BYTES, within API_BODY_TIMEOUT) before it is parsed, and a connection that
-does not send its request head within API_HEADER_TIMEOUT, or that exceeds API_MAX_CONNECTIONS, is closed.
+does not send its request head within API_HEADER_TIMEOUT, sends a head over 16 KB, or exceeds
+API_MAX_CONNECTIONS, is closed.
 """
 
 from __future__ import annotations
@@ -258,8 +259,8 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[Any]:
     uvicorn has neither deadline nor cap: a client that connects and sends nothing, or sends its headers a
     byte at a time, holds its connection (and a file descriptor) forever, and httptools buffers a head of
     any size. Past `max_connections` a new connection is answered 503 in OpenAI's envelope and closed; a
-    head still unfinished past MAX_HEAD_BYTES is answered 431 and closed. httptools (C) rather than h11
-    (Python): a streamed token costs the event loop about a third less (benchmarks/RESULTS.md).
+    request head over MAX_HEAD_BYTES, whole or still arriving, is answered 431 and closed. httptools (C)
+    rather than h11 (Python): a streamed token costs the event loop about a third less (benchmarks/RESULTS.md).
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
