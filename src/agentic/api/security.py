@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import json
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from ..config import Settings
@@ -139,27 +140,31 @@ class RequestGuard:
                 "API_MAX_BODY_BYTES on the server.")
 
 
-async def send_error(send: Any, error: AgenticError) -> None:
-    """An OpenAI-envelope error response, sent straight on the ASGI channel."""
+def _error_response(error: AgenticError) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The body and headers of an OpenAI-envelope error response."""
     body = json.dumps(error.to_openai()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if error.retry_after is not None:
         headers.append((b"retry-after", str(error.retry_after).encode()))
+    return body, headers
+
+
+async def send_error(send: Any, error: AgenticError) -> None:
+    """An OpenAI-envelope error response, sent straight on the ASGI channel."""
+    body, headers = _error_response(error)
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 MAX_HEAD_BYTES = 16 * 1024  # a request line and headers past this are refused (h11's default cap under uvicorn)
-_REASONS = {431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
 def _refuse(transport: Any, error: AgenticError) -> None:
-    """An OpenAI-envelope error written straight on the connection, which is then closed."""
-    body = json.dumps(error.to_openai()).encode()
-    retry = b"retry-after: " + str(error.retry_after).encode() + b"\r\n" if error.retry_after is not None else b""
-    transport.write(b"HTTP/1.1 " + str(error.status_code).encode() + b" " + _REASONS[error.status_code]
-                    + b"\r\ncontent-type: application/json\r\n" + retry + b"connection: close\r\ncontent-length: "
-                    + str(len(body)).encode() + b"\r\n\r\n" + body)
+    """The same error response written straight on the connection (before any ASGI cycle), which is then closed."""
+    body, headers = _error_response(error)
+    status = HTTPStatus(error.status_code)
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in [*headers, (b"connection", b"close")])
+    transport.write(f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() + head + b"\r\n" + body)
     transport.close()
 
 
