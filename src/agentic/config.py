@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         True, "MODEL_FLASH_ATTENTION",
         "llama.cpp: flash attention where the build supports it (faster on long prompts; false = off).",
     )
+    model_jump_forward: bool = _field(
+        True, "MODEL_JUMP_FORWARD",
+        "llama.cpp: in a json_schema answer, write the text the schema fixes (keys, colons, the quotes that open "
+        "values) without sampling it, as compact JSON; false = the model writes every token, as with "
+        "MODEL_PARALLEL=1.",
+    )
     model_keep_alive: float = _field(
         0.0, "MODEL_KEEP_ALIVE",
         "Seconds a loaded model may stay unused before it is unloaded to free memory (the next request loads it "

@@ -75,6 +75,26 @@ def test_stop_sequence_cuts_text_and_reports_stop(manager: ModelManager) -> None
     assert result["choices"][0]["text"] == full[: full.index(word)]
 
 
+def test_stop_when_ends_the_answer_where_it_says_with_the_tokens_generated_as_usage(manager: ModelManager) -> None:
+    """A Python caller's `stop_when` sees the text so far after each piece and ends the generation at True."""
+    model, _ = manager.get(heavy=True)
+    full = model(prompt=PROMPT, max_tokens=20, temperature=0)
+    seen: list[str] = []
+
+    def three_words(text: str) -> bool:
+        seen.append(text)
+        return len(text.split()) >= 3
+
+    result = model(prompt=PROMPT, max_tokens=20, temperature=0, stop_when=three_words)
+    text = result["choices"][0]["text"]
+    assert result["choices"][0]["finish_reason"] == "stop" and len(text.split()) == 3
+    assert full["choices"][0]["text"].startswith(text) and seen[-1] == text and len(seen) > 1
+    assert result["usage"]["completion_tokens"] == len(seen) < full["usage"]["completion_tokens"]
+    with pytest.raises(InvalidRequestError, match="stop_when='no' is not valid") as refused:
+        model(prompt=PROMPT, max_tokens=5, stop_when="no")
+    assert refused.value.param == "stop_when"
+
+
 def test_stream_yields_chunks_that_add_up(manager: ModelManager) -> None:
     model, _ = manager.get(heavy=False)
     whole = model(prompt=PROMPT, max_tokens=10, temperature=0)

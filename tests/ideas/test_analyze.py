@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -242,8 +243,9 @@ def test_engine_grammar_shortcut_matches_the_full_mask_when_greedy() -> None:
     """The batching engine masks only the top tokens after a refusal; greedy, that is exactly the answer of
     llama-cpp-python's own sampler, which masks the whole vocabulary every step (MODEL_PARALLEL=1).
 
-    Both run with the same numerics (no flash attention, no other sequence's cells kept), so that only the
-    grammar path differs: either would flip a near-tie late in a 400-token answer."""
+    Both run with the same numerics (no flash attention, no other sequence's cells kept) and the model writing
+    every token (no jump-forward), so that only the grammar path differs: either would flip a near-tie late in a
+    400-token answer."""
     from agentic.ideas.analyzer import ANALYSIS_SYSTEM
 
     def answers(manager: ModelManager) -> list[str]:
@@ -256,15 +258,16 @@ def test_engine_grammar_shortcut_matches_the_full_mask_when_greedy() -> None:
 
     with ModelManager(make_settings(model_n_threads=2, model_parallel=1)) as serial:
         expected = answers(serial)
-    with ModelManager(make_settings(model_n_threads=2, model_flash_attention=False,
-                                    model_prefix_cache=False)) as batched:
+    with ModelManager(make_settings(model_n_threads=2, model_flash_attention=False, model_prefix_cache=False,
+                                    model_jump_forward=False)) as batched:
         assert answers(batched) == expected
     Analysis.model_validate_json(expected[1])
 
 
 def test_llama_cpp_schema_grammar_lets_json_break_lines_and_indent(llama: ModelManager) -> None:
     """Like llama.cpp's own converter: newlines and indentation between tokens, not one optional space, so a
-    small model writing pretty-printed JSON is not pushed into `{ "name"...` on one line."""
+    small model writing pretty-printed JSON is not pushed into `{ "name"...` on one line; but at most 8
+    characters of indentation (a small model padded up to llama.cpp's 20), and nothing after the closing brace."""
     from agentic.ml.base import GenerationParams
     from agentic.ml.model_manager import LlamaCppModel
 
@@ -272,13 +275,16 @@ def test_llama_cpp_schema_grammar_lets_json_break_lines_and_indent(llama: ModelM
     assert isinstance(model, LlamaCppModel) and model.engine is not None
     params = GenerationParams.build(64, 0.0, 1.0, None, None, response_format=response_format(Triage))
     gbnf = model._gbnf(params)
-    assert gbnf is not None and 'space ::= (" " | "\\n"{1,2} [ \\t]{0,20})?' in gbnf
+    assert gbnf is not None and 'space ::= (" " | "\\n"{1,2} [ \\t]{0,8})?' in gbnf
+    assert [line for line in gbnf.splitlines() if line.startswith("root ::=")][0].endswith('"}"')
     model.engine.compile_grammar(gbnf, "root", 10.0).close()  # llama.cpp's parser takes it
     answer = model.create_chat_completion(
         messages=[{"role": "user", "content": "Return the JSON, one key per line, indented by two spaces."}],
         max_tokens=200, temperature=0, response_format=response_format(Triage))
     assert isinstance(answer, dict) and answer["choices"][0]["finish_reason"] == "stop"
-    Triage.model_validate_json(answer["choices"][0]["message"]["content"])
+    content = answer["choices"][0]["message"]["content"]
+    Triage.model_validate_json(content)
+    assert "\n" in content and content.endswith("}")  # laid out by the model, ended at the brace
 
 
 def test_a_valid_but_degenerate_answer_is_retried_then_kept_as_low_quality() -> None:
@@ -295,6 +301,26 @@ def test_a_valid_but_degenerate_answer_is_retried_then_kept_as_low_quality() -> 
     assert rejected.value.answer == first
     assert any(problem.startswith("summary copies the idea's title") for problem in rejected.value.problems)
     assert len(calls) == 1 and not calls[0].ok and (calls[0].error or "").startswith("degenerate: ")
+
+
+def test_a_degenerate_attempt_is_stopped_where_it_goes_wrong_but_the_last_runs_to_its_end() -> None:
+    """The greedy triage's summary, given as the title, makes the first attempt a copy as soon as the summary
+    closes: it is stopped there (fewer tokens, logged as such); the last attempt is never stopped early."""
+    with ModelManager(make_settings(model_n_threads=2)) as manager:
+        analyzer = IdeaAnalyzer(manager, retries=1, temperature=0)
+        text = idea_prompt(IDEA.title, IDEA.description)
+        whole: list[CallRecord] = []
+        analyzer.on_call = whole.append
+        first = analyzer.structured(IDEA.id, "light", TRIAGE_SYSTEM, text, Triage)  # no title: not checked
+        calls: list[CallRecord] = []
+        analyzer.on_call = calls.append
+        with contextlib.suppress(DegenerateAnswerError):  # the sampled second attempt may or may not copy
+            analyzer.structured(IDEA.id, "light", TRIAGE_SYSTEM, text, Triage, title=first.summary)
+    assert len(calls) == 2 and not calls[0].ok
+    assert (calls[0].error or "").startswith("degenerate: summary copies the idea's title")
+    assert (calls[0].error or "").endswith("the answer was stopped there")
+    assert 0 < calls[0].completion_tokens < whole[0].completion_tokens
+    assert "stopped" not in (calls[1].error or "")
 
 
 def test_a_context_smaller_than_the_answer_budget_still_gets_answers() -> None:

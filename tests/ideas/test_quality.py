@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentic.ideas.analyzer import EXAMPLES, instructions_for
-from agentic.ideas.quality import Instructions, answer_problems, extreme_scores, loop_in, rule_of
+from agentic.ideas.quality import EarlyCheck, Instructions, answer_problems, extreme_scores, loop_in, rule_of
 from agentic.ideas.schemas import Analysis, Triage
 
 TITLE = "Dog bakery subscription"
@@ -99,3 +99,41 @@ def test_two_fields_saying_the_same_are_caught() -> None:
     same = SOUND.model_copy(update={"market": "small business owners", "competition": "Small business owners."})
     assert answer_problems(same, TITLE, ANALYSIS_SHOWN) == [
         "market and competition say the same ('Small business owners.')"]
+
+
+def _stops_at(answer: Analysis, title: str = TITLE) -> tuple[int, list[str]]:
+    """Where EarlyCheck stops the answer's JSON fed one character at a time (its length: never), and why."""
+    text, check = answer.model_dump_json(), EarlyCheck(Analysis, title, ANALYSIS_SHOWN)
+    for end in range(1, len(text) + 1):
+        if check(text[:end]):
+            return end, check.problems
+    return len(text), []
+
+
+@pytest.mark.parametrize("update", [{"strengths": ["fresh local baking", EXAMPLES["analysis"].strengths[0]]},
+                                    {"risks": ["churn", "churn"]},
+                                    {"competition": "Pet owners spend more on treats every year."},
+                                    {"market": "Dog bakery subscription"}])
+def test_an_answer_is_stopped_as_soon_as_a_finished_value_is_degenerate(update: dict[str, object]) -> None:
+    """Each finished string or list item is held to every rule: the answer stops right after the first bad one,
+    with the problems the whole answer's check finds there, never on the sound answer."""
+    assert _stops_at(SOUND) == (len(SOUND.model_dump_json()), [])
+    bad = SOUND.model_copy(update={**update, "market": update.get("market", "Pet owners spend more on treats "
+                                                                            "every year.")})
+    end, problems = _stops_at(bad)
+    text = bad.model_dump_json()
+    assert end < len(text) and text[end - 1] == '"' and problems
+    assert set(problems) <= set(answer_problems(bad, TITLE, ANALYSIS_SHOWN))
+    assert not EarlyCheck(Analysis, TITLE, ANALYSIS_SHOWN)(text[:end - 1])  # not one character sooner
+
+
+def test_a_string_still_being_written_is_stopped_when_it_loops_not_before() -> None:
+    """A loop cannot be undone by more text; a share of distinct words can, and a last word may still grow."""
+    looping = SOUND.model_copy(update={"reason": "Margins are thin " + "0" * 40})
+    end, problems = _stops_at(looping)
+    assert end < looping.model_dump_json().index("0" * 40) + 40 and problems[0].startswith("reason loops")
+    check = EarlyCheck(Analysis, TITLE, ANALYSIS_SHOWN)
+    assert not check('{"market":"good good goo')  # "goo" may become "goods"
+    assert check('{"market":"good good good ') and check.problems[0].startswith("market loops")
+    few = '{"market":"' + "a b " * 6  # few distinct words so far: new ones may follow
+    assert not EarlyCheck(Analysis, TITLE, ANALYSIS_SHOWN)(few[:-1] + "c d e f g h i j k l")

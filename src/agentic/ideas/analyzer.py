@@ -16,7 +16,7 @@ from ..errors import AgenticError, InvalidOutputError, InvalidRequestError
 from ..ml.base import BaseModelManager, Model
 from ..ml.shapes import answered_by
 from ..ml.tiers import Tier
-from .quality import Instructions, answer_problems
+from .quality import EarlyCheck, Instructions, answer_problems
 from .schemas import Analysis, Idea, IdeaResult, Triage, response_format
 
 __all__ = ["ANALYSIS_SYSTEM", "EXAMPLES", "TRIAGE_SYSTEM", "CallRecord", "DegenerateAnswerError", "IdeaAnalyzer",
@@ -175,7 +175,9 @@ class IdeaAnalyzer:
 
         With the idea's `title`, an answer that passes the schema but is degenerate (quality.py) is invalid too;
         if no attempt is good and one at least was degenerate, DegenerateAnswerError carries the last degenerate
-        answer and its problems (else InvalidOutputError names the last problem).
+        answer and its problems (else InvalidOutputError names the last problem). Every attempt but the last is
+        stopped as soon as it is sure to be degenerate (`EarlyCheck`, on the local backends): the last one runs to
+        its end, so that an idea whose every answer is degenerate still keeps one.
         """
         model, lock = self.manager.for_tier(tier)
         messages = [{"role": "system", "content": system}, *_example_turns(schema), {"role": "user", "content": user}]
@@ -184,9 +186,10 @@ class IdeaAnalyzer:
         for attempt in range(1, self.retries + 2):
             # A retry samples more freely: the same path would likely fail the same way.
             temperature = self.temperature if attempt == 1 else min(1.0, self.temperature + 0.3 * attempt)
+            early = EarlyCheck(schema, title, shown) if title and attempt <= self.retries else None
             started = time.perf_counter()
             try:
-                answer, value, problem = self._attempt(model, lock, messages, tier, schema, temperature)
+                answer, value, problem = self._attempt(model, lock, messages, tier, schema, temperature, early)
             except InvalidRequestError:
                 raise  # our request is wrong: a retry cannot fix it
             except AgenticError as exc:  # the backend failed after its own retries
@@ -194,7 +197,11 @@ class IdeaAnalyzer:
                 raise
             found = answer_problems(value, title, shown) if value is not None and title else []
             degenerate = (value, found) if value is not None and found else degenerate
-            problem = f"degenerate: {'; '.join(found)}" if found else problem
+            if early is not None and early.problems and not found:  # stopped where it went wrong
+                found = early.problems
+                problem = f"degenerate: {'; '.join(found)} - the answer was stopped there"
+            elif found:
+                problem = f"degenerate: {'; '.join(found)}"
             self._record(idea_id, tier, model, answer, attempt, started, problem or None, calls)
             if value is not None and not found:
                 return value
@@ -206,8 +213,9 @@ class IdeaAnalyzer:
         raise InvalidOutputError(message)
 
     def _attempt(self, model: Model, lock: Any, messages: list[dict[str, str]], tier: Tier, schema: type[S],
-                 temperature: float) -> tuple[Any, S | None, str]:
-        """One call: (the raw answer, the validated value or None, why not)."""
+                 temperature: float, early: EarlyCheck | None = None) -> tuple[Any, S | None, str]:
+        """One call, stopped by `early` when it finds the answer degenerate: (the raw answer, the validated value
+        or None, why not; "" when `early` stopped it: its `problems` say why)."""
         answer: Any = None
         # Never more than the model's whole window (the library refuses that); the room left after the prompt
         # caps it further, so a small MODEL_CONTEXT_SIZE still gets answers.
@@ -215,9 +223,12 @@ class IdeaAnalyzer:
         try:
             with lock:
                 answer = model.create_chat_completion(messages=messages, max_tokens=max_tokens,
-                                                      temperature=temperature, response_format=response_format(schema))
+                                                      temperature=temperature, response_format=response_format(schema),
+                                                      stop_when=early)
             assert isinstance(answer, dict)
             content = answer["choices"][0]["message"].get("content") or ""
+            if early is not None and early.problems:
+                return answer, None, ""
             # strict=False: a raw newline inside a string (some servers' grammars allow it) is not worth a retry.
             return answer, schema.model_validate(json.loads(content, strict=False)), ""
         except json.JSONDecodeError as exc:

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel
+from pydantic_core import from_json
 
-__all__ = ["Instructions", "answer_problems", "extreme_scores", "loop_in", "rule_of"]
+__all__ = ["EarlyCheck", "Instructions", "answer_problems", "extreme_scores", "loop_in", "rule_of"]
 
 _WORD = re.compile(r"[a-z0-9]+")
 _TOKEN = re.compile(r"\w+|[^\w\s]+")
@@ -82,12 +83,18 @@ def _quote(text: str) -> str:
     return repr(text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "...")
 
 
-def loop_in(text: str) -> str | None:
+def loop_in(text: str, *, unfinished: bool = False) -> str | None:
     """The repeated piece when `text` loops: a 1-2 token piece three times running, a longer one twice,
-    a character ten times, or long text with few distinct tokens."""
+    a character ten times, or long text with few distinct tokens.
+
+    `unfinished`: text still being written, judged only by what more text cannot undo (a last word not yet
+    followed by a space may still grow, and new words can still lift the share of distinct ones).
+    """
     if match := _RUN.search(text):
         return match.group(0)[:12]
     tokens = _TOKEN.findall(text.lower())
+    if unfinished and text[-1:] and not text[-1].isspace():
+        tokens = tokens[:-1]
     for size in range(1, 7):
         needed = 3 if size <= 2 else 2
         for start in range(len(tokens) - size * needed + 1):
@@ -95,7 +102,7 @@ def loop_in(text: str) -> str | None:
             if all(tokens[start + k * size:start + (k + 1) * size] == piece for k in range(1, needed)):
                 if size > 1 or not piece[0].isdigit():  # "1 1 1" can be data
                     return " ".join(piece)
-    if len(tokens) >= 12 and len(set(tokens)) < 0.35 * len(tokens):
+    if not unfinished and len(tokens) >= 12 and len(set(tokens)) < 0.35 * len(tokens):
         return "few distinct words"
     return None
 
@@ -152,6 +159,56 @@ def answer_problems(answer: BaseModel, title: str, instructions: Instructions) -
     if (problem := _score_problem(answer)) is not None:
         found.append(problem)
     return found
+
+
+class EarlyCheck:
+    """Watches an answer while it is written (the `stop_when` of a local model's call) and says, as soon as it is
+    sure, that the whole answer would be degenerate: `problems` then says why.
+
+    A finished string or list item does not change, so every rule of `answer_problems` applies to the values
+    finished so far; a string still being written is judged only for loops. Neither can be undone by what
+    follows, so an answer stopped here is one the full check would have refused.
+    """
+
+    LOOP_EVERY = 8  # characters between two loop checks of the string being written
+
+    def __init__(self, schema: type[BaseModel], title: str, instructions: Instructions) -> None:
+        self.schema, self.title, self.instructions = schema, title, instructions
+        self.problems: list[str] = []
+        self._quotes, self._looked = 0, 0
+
+    def __call__(self, text: str) -> bool:
+        quotes = text.count('"')
+        if quotes != self._quotes:  # a string or list item began or ended
+            self._quotes = quotes
+            self.problems = self._finished_problems(text)
+        elif len(text) - self._looked >= self.LOOP_EVERY:
+            self._looked = len(text)
+            self.problems = self._loop_problems(text)
+        return bool(self.problems)
+
+    def _parse(self, text: str, trailing: bool) -> dict[str, Any]:
+        try:
+            value = from_json(text, allow_partial="trailing-strings" if trailing else True)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def _finished_problems(self, text: str) -> list[str]:
+        fields = self.schema.model_fields
+        done = {name: value for name, value in self._parse(text, False).items() if name in fields}
+        return answer_problems(self.schema.model_construct(**done), self.title, self.instructions)
+
+    def _loop_problems(self, text: str) -> list[str]:
+        done, written = self._parse(text, False), self._parse(text, True)
+        for name, value in written.items():  # the one string being written: new, or a list's new last item
+            if isinstance(value, list) and value and len(value) > len(done.get(name) or []):
+                name, value = f"{name}[{len(value) - 1}]", value[-1]
+            elif name in done:
+                continue
+            if isinstance(value, str) and (piece := loop_in(value, unfinished=True)) is not None:
+                return [f"{name} loops ({piece!r} repeated in {_quote(value)})"]
+        return []
 
 
 def rule_of(problem: str) -> str:

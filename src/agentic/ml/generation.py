@@ -9,7 +9,7 @@ response_format.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,10 @@ class GenerationParams:
     stream: bool = False
     response_format: dict[str, Any] | None = None
     tools: ToolPlan | None = None  # chat only: the tools the model may call (set by Model.create_chat_completion)
+    # Python callers only: called with the answer's text so far after each piece; True ends the answer there, as a
+    # stop sequence does (finish_reason "stop", usage counting the tokens generated). The local backends honour it;
+    # on a remote API the answer runs to its end, whose usage the server reports only then.
+    stop_when: Callable[[str], bool] | None = None
 
     @property
     def json_schema(self) -> dict[str, Any] | None:
@@ -70,6 +74,7 @@ class GenerationParams:
         seed: int | None,
         stream: bool = False,
         response_format: dict[str, Any] | None = None,
+        stop_when: Callable[[str], bool] | None = None,
         **extra: Any,
     ) -> GenerationParams:
         """Check every argument and say which one is wrong and how to fix it."""
@@ -95,7 +100,11 @@ class GenerationParams:
         if seed is not None and not isinstance(seed, int):
             raise InvalidRequestError(f"seed={seed!r} is not valid: use a whole number.", param="seed")
         check_response_format(response_format)
-        return cls(max_tokens, float(temperature), float(top_p), stops, seed, bool(stream), response_format)
+        if stop_when is not None and not callable(stop_when):
+            raise InvalidRequestError(f"stop_when={stop_when!r} is not valid: pass a function of the answer's text "
+                                      "so far that returns True to end the answer there.", param="stop_when")
+        return cls(max_tokens, float(temperature), float(top_p), stops, seed, bool(stream), response_format,
+                   stop_when=stop_when)
 
 
 @dataclass

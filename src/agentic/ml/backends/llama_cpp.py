@@ -28,6 +28,7 @@ from ..chat_templates import ChatTemplate, fallback_template
 from ..default_model import EMBEDDED_LABEL, embedded_model_path
 from ..embeddings import EmbeddingInput, EmbeddingModel
 from ..engines.gbnf import schema_gbnf, tool_gbnf
+from ..engines.jump_forward import JsonJump
 from ..engines.llama_batch import BatchEngine
 from ..engines.llama_embed import LlamaEmbedder
 from ..generation import GenerationRequest
@@ -130,6 +131,7 @@ class LlamaCppModel(Model):
             self.concurrent, self.parallel = True, self.engine.slots
         self.gpu_layers = gpu_layers
         self.grammar_budget = settings.model_grammar_time_budget
+        self.jump_forward = settings.model_jump_forward
         self.template = self._chat_template()
         self._pieces: dict[int, bytes] = {}  # token -> its bytes, filled as tokens are first generated
 
@@ -190,12 +192,15 @@ class LlamaCppModel(Model):
         assert self.engine is not None
         gbnf = self._gbnf(params)
         grammar = self.engine.compile_grammar(gbnf, "root", self.grammar_budget) if gbnf is not None else None
-        return self.engine.generate(request, grammar)
+        tools = params.tools is not None and params.tools.calls_allowed
+        jump = JsonJump.for_schema(params.json_schema) if self.jump_forward and not tools else None
+        return self.engine.generate(request, grammar, jump)
 
     def _text(self, generated: Iterator[int], request: GenerationRequest, params: GenerationParams) -> Iterator[Delta]:
         vocab = self.llama._model.vocab
         is_end = self._llama_cpp.llama_vocab_is_eog
-        stream = TokenTextStream(self._piece, lambda token: bool(is_end(vocab, token)), request, params.stop)
+        stream = TokenTextStream(self._piece, lambda token: bool(is_end(vocab, token)), request, params.stop,
+                                 params.stop_when)
         return stream.run(generated)
 
     def _piece(self, token: int) -> bytes:

@@ -140,7 +140,8 @@ class TransformersModel(Model):
     def _generate(self, ids: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:
         request = GenerationRequest.resolve(ids, params, self.context_size, what)
         constraint = self._constraint(params)
-        stream = TokenTextStream(_IncrementalText(self.tokenizer), self.end_tokens.__contains__, request, params.stop)
+        stream = TokenTextStream(_IncrementalText(self.tokenizer), self.end_tokens.__contains__, request, params.stop,
+                                 params.stop_when)
         tokens: Iterator[int]  # a TokenChannel from the batcher, or this thread's own loop
         if self.batcher is not None:
             tokens = self.batcher.generate(request, constraint)

@@ -70,15 +70,27 @@ class Grammar:
 
     def _judge(self, token: int, chain: Any, ctx: Any, index: int) -> int:
         """`token` if the grammar allows it, else a resampled allowed one; the grammar then accepts it."""
+        if not self.allows(token):
+            self.refused += 1
+            token = self._resample(chain, ctx, index)
+        self._lib.llama_sampler_accept(self.sampler, token)
+        return token
+
+    def allows(self, token: int) -> bool:
+        """Whether the grammar allows `token` next (it accepts nothing)."""
         lib = self._lib
         self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
         single = lib.llama_token_data_array(self._one, 1, -1, False)
         lib.llama_sampler_apply(self.sampler, ctypes.byref(single))
-        if self._one[0].logit == float("-inf"):
-            self.refused += 1
-            token = self._resample(chain, ctx, index)
-        lib.llama_sampler_accept(self.sampler, token)
-        return token
+        return bool(self._one[0].logit != float("-inf"))
+
+    def force(self, tokens: list[int]) -> int:
+        """Accept `tokens` in order while the grammar allows them (jump-forward); how many it accepted."""
+        for count, token in enumerate(tokens):
+            if not self.allows(token):
+                return count
+            self._lib.llama_sampler_accept(self.sampler, token)
+        return len(tokens)
 
     def _resample(self, chain: Any, ctx: Any, index: int) -> int:
         import numpy as np

@@ -23,6 +23,7 @@ from ...errors import AgenticError, EngineFailedError, ModelClosedError, ModelLo
 from ..generation import GenerationRequest, SamplingSpec
 from .channel import TokenChannel
 from .grammar_sampler import Grammar
+from .jump_forward import JsonJump
 from .prefix_cache import Placement, PrefixCache
 
 __all__ = ["BatchEngine", "Grammar", "SamplingSpec"]
@@ -49,16 +50,17 @@ class _Sequence:
     generated: int = 0
     output: list[int] = field(default_factory=list)  # tokens sampled so far
     cached: int = 0  # leading prompt tokens whose KV cells were reused, not computed
-    last_token: int = -1
+    pending: list[int] = field(default_factory=list)  # the tokens of `output` the next step decodes
     sampler: Any = None
     grammar: Grammar | None = None
+    jump: JsonJump | None = None
 
 
 def _in_cells(sequence: _Sequence) -> list[int]:
-    """The tokens whose KV cells the sequence holds: the prompt fed so far, then every sampled token but the last."""
+    """The tokens whose KV cells the sequence holds: the prompt fed so far, then the output but its pending tokens."""
     if sequence.fed < len(sequence.prompt):
         return sequence.prompt[:sequence.fed]
-    return sequence.prompt + sequence.output[:-1]
+    return sequence.prompt + sequence.output[:len(sequence.output) - len(sequence.pending)]
 
 
 class BatchEngine:
@@ -100,6 +102,11 @@ class BatchEngine:
         self._waiting: deque[_Sequence] = deque()
         self._running: dict[int, _Sequence] = {}
         self.cache = PrefixCache(prefix_cache)
+        self.forced_tokens = 0  # tokens jump-forward wrote without sampling them (the end of turn not counted)
+        self._pieces: dict[int, str] = {}  # token -> its text, for jump-forward
+        self._forced_text: dict[str, list[int]] = {}  # forced text -> its tokens
+        end_of_turn = llama_cpp.llama_vocab_eot(self._vocab)
+        self._end = end_of_turn if end_of_turn >= 0 else llama_cpp.llama_vocab_eos(self._vocab)
         self._wake = threading.Condition()
         self._closed = self._released = False
         self.restarts = 0  # times the worker failed outside any one sequence and started over
@@ -110,14 +117,17 @@ class BatchEngine:
         """A grammar for one sequence, compiled in the calling (request) thread."""
         return Grammar(self._lib, self._vocab, text, root, budget)
 
-    def generate(self, request: GenerationRequest, grammar: Grammar | None = None) -> TokenChannel:
+    def generate(self, request: GenerationRequest, grammar: Grammar | None = None,
+                 jump: JsonJump | None = None) -> TokenChannel:
         """Token ids of one sequence as they are sampled; closing the channel cancels it.
 
-        The engine owns `grammar` from here on and frees it with the sequence.
+        The engine owns `grammar` from here on and frees it with the sequence; with `jump` (which needs
+        `grammar`), the text the JSON schema forces is written without sampling it (engines/jump_forward.py).
         """
         channel = TokenChannel(lambda: self._worker.is_alive(), self._nudge)
         channel.cached_tokens = 0  # until the prefix cache places it
-        sequence = _Sequence(list(request.prompt), request.limit, request.sampling, channel, grammar=grammar)
+        sequence = _Sequence(list(request.prompt), request.limit, request.sampling, channel, grammar=grammar,
+                             jump=jump if grammar is not None else None)
         with self._wake:
             if self._closed:
                 if grammar is not None:
@@ -283,7 +293,7 @@ class BatchEngine:
         batch, lib = self._batch, self._lib
         batch.n_tokens = 0
         outputs: list[tuple[_Sequence, int]] = []
-        budget = self.batch_size - sum(1 for s in running if s.fed == len(s.prompt))
+        budget = self.batch_size - sum(len(s.pending) for s in running if s.fed == len(s.prompt))
         for sequence in running:
             if sequence.fed < len(sequence.prompt):  # (part of) the prompt
                 take = min(len(sequence.prompt) - sequence.fed, max(budget, 0))
@@ -294,8 +304,10 @@ class BatchEngine:
                 sequence.fed += take
                 if take and sequence.fed == len(sequence.prompt):
                     outputs.append((sequence, batch.n_tokens - 1))
-            else:  # the token sampled last step
-                self._add(sequence.last_token, len(sequence.prompt) + sequence.generated - 1, sequence.seq_id, True)
+            else:  # the token sampled last step, and any the schema forced after it (their logits are not needed)
+                start = len(sequence.prompt) + sequence.generated - len(sequence.pending)
+                for offset, token in enumerate(sequence.pending):
+                    self._add(token, start + offset, sequence.seq_id, offset == len(sequence.pending) - 1)
                 outputs.append((sequence, batch.n_tokens - 1))
         if batch.n_tokens == 0:
             return
@@ -313,19 +325,55 @@ class BatchEngine:
                 if sequence.channel.cancelled:
                     continue
                 try:
-                    if sequence.grammar is not None:
-                        token = sequence.grammar.sample(sequence.sampler, self._ctx, index)
-                    else:
-                        token = lib.llama_sampler_sample(sequence.sampler, self._ctx, index)
+                    tokens = self._next_tokens(sequence, index)
                 except Exception as exc:  # noqa: BLE001 - this sequence fails, the others go on
                     self._finish(sequence, _as_request_error(exc))
                     continue
-                sequence.generated += 1
-                sequence.output.append(token)
-                sequence.last_token = token
-                sequence.channel.put(token)
-                if lib.llama_vocab_is_eog(self._vocab, token) or sequence.generated >= sequence.limit:
+                sequence.generated += len(tokens)
+                sequence.output += tokens
+                sequence.pending = tokens
+                for token in tokens:
+                    sequence.channel.put(token)
+                if lib.llama_vocab_is_eog(self._vocab, tokens[-1]) or sequence.generated >= sequence.limit:
                     self._finish(sequence)
+
+    def _next_tokens(self, sequence: _Sequence, index: int) -> list[int]:
+        """The token sampled for `sequence` from the logits at `index`, then the text its schema forces after it."""
+        if sequence.grammar is None:
+            return [self._lib.llama_sampler_sample(sequence.sampler, self._ctx, index)]
+        token = sequence.grammar.sample(sequence.sampler, self._ctx, index)
+        if sequence.jump is None or self._lib.llama_vocab_is_eog(self._vocab, token):
+            return [token]
+        return [token, *self._forced(sequence, sequence.jump, sequence.grammar, token)]
+
+    def _forced(self, sequence: _Sequence, jump: JsonJump, grammar: Grammar, token: int) -> list[int]:
+        """The tokens the schema forces after `token`, each accepted by the grammar (which judges them as it
+        judges sampled ones); the end of turn once the JSON is closed. Within the sequence's token limit."""
+        jump.feed(self._piece(token))
+        text = jump.forced()
+        room = sequence.limit - sequence.generated - 1
+        wanted = self._forced_tokens(text) if text else []
+        forced = wanted[:grammar.force(wanted[:room])]
+        if len(forced) < len(wanted):
+            jump.lose()  # out of step with the text: the model writes the rest
+        else:
+            jump.feed(text)
+        self.forced_tokens += len(forced)
+        if jump.done and len(forced) < room and grammar.allows(self._end):
+            forced.append(self._end)
+        return forced
+
+    def _piece(self, token: int) -> str:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._llama.detokenize([token]).decode("utf-8", errors="ignore")
+        return piece
+
+    def _forced_tokens(self, text: str) -> list[int]:
+        tokens = self._forced_text.get(text)
+        if tokens is None:
+            tokens = self._forced_text[text] = self._llama.tokenize(text.encode(), add_bos=False, special=False)
+        return tokens
 
     def _add(self, token: int, position: int, seq_id: int, logits: bool) -> None:
         batch, index = self._batch, self._batch.n_tokens

@@ -1,5 +1,5 @@
 """Token ids to text deltas, the part of generating both local engines share: UTF-8 safe detokenizing,
-stop sequences held back until they are ruled out, the token limit and the finish reason."""
+stop sequences held back until they are ruled out, a caller's `stop_when`, the token limit and the finish reason."""
 
 from __future__ import annotations
 
@@ -50,17 +50,19 @@ class TokenTextStream:
         is_end: Callable[[int], bool],
         request: GenerationRequest,
         stops: Iterable[str] = (),
+        stop_when: Callable[[str], bool] | None = None,
     ) -> None:
         self.detokenize = detokenize
+        self.stop_when = stop_when
         self.is_end = is_end
         self.limit = request.limit
         self.prompt_tokens = len(request.prompt)
         self.stop = StopMatcher(stops)
 
     def run(self, tokens: Iterator[int]) -> Iterator[Delta]:
-        """Consume `tokens` until a stop, the end token or the token limit; then close it."""
+        """Consume `tokens` until a stop, the end token, `stop_when` or the token limit; then close it."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        count, finish = 0, "length"
+        count, finish, answer = 0, "length", ""
         try:
             for token in tokens:
                 if self.is_end(token):
@@ -73,6 +75,11 @@ class TokenTextStream:
                 if stopped:
                     finish = "stop"
                     break
+                if text and self.stop_when is not None:
+                    answer += text
+                    if self.stop_when(answer):
+                        finish = "stop"
+                        break
                 if count >= self.limit:
                     break
         finally:
