@@ -132,3 +132,22 @@ def test_the_engine_writes_forced_tokens_without_sampling_them(model: LlamaCppMo
     # Compact: every key's name, and the `":"` after the first, at least; pretty: every key's name at least.
     assert forced >= (keys + 1 if compact else keys)
     assert forced < answer["usage"]["completion_tokens"]  # type: ignore[index]
+
+
+def test_a_key_longer_than_a_sequences_share_of_the_batch_is_left_to_the_model() -> None:
+    """Every sequence's pending tokens must fit in one llama_batch (512 tokens, 8 sequences: 64 each): a key
+    name of ~530 tokens, all forced in one step, would write past the batch. The answer is still valid."""
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+    key = "_".join(f"{words[n % 8]}{n * 37 % 100}" for n in range(150))
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, key: {"type": "string"}},
+              "required": ["a", key]}
+    with batched_llama(model_parallel=8, model_context_size=1024, model_n_threads=2) as model:
+        assert model.engine is not None and len(model.llama.tokenize(key.encode(), add_bos=False)) > 512
+        answer = model.create_chat_completion(
+            messages=[{"role": "user", "content": "Fill in the JSON."},
+                      {"role": "assistant", "content": '{"a":"b"}'}, {"role": "user", "content": "Again."}],
+            max_tokens=900, temperature=0, response_format={"type": "json_schema",
+                                                            "json_schema": {"name": "long", "schema": schema}})
+        assert answer["choices"][0]["finish_reason"] == "stop"  # type: ignore[index]
+        assert set(json.loads(answer["choices"][0]["message"]["content"])) == {"a", key}  # type: ignore[index]
+        assert model.engine.forced_tokens <= 2 * (512 // 8)

@@ -348,10 +348,11 @@ class BatchEngine:
 
     def _forced(self, sequence: _Sequence, jump: JsonJump, grammar: Grammar, token: int) -> list[int]:
         """The tokens the schema forces after `token`, each accepted by the grammar (which judges them as it
-        judges sampled ones); the end of turn once the JSON is closed. Within the sequence's token limit."""
+        judges sampled ones); the end of turn once the JSON is closed. Within the sequence's token limit, and its
+        share of a batch (every sequence's pending tokens must fit in one: a long key name is not forced)."""
         jump.feed(self._piece(token))
         text = jump.forced()
-        room = sequence.limit - sequence.generated - 1
+        room = min(sequence.limit - sequence.generated, self.batch_size // self.slots) - 1
         wanted = self._forced_tokens(text) if text else []
         forced = wanted[:grammar.force(wanted[:room])]
         if len(forced) < len(wanted):
