@@ -9,11 +9,11 @@ feeds those tokens in the next step's batch with no logits asked for, and the mo
 
 The model's own layout is kept: it writes the opening `{"` itself, and if it puts whitespace between them (it
 pretty-prints), only the rest of each key's name (and of an enum value) is forced, never the quotes or the
-whitespace around it. A model that writes
-compact JSON, as the application's worked examples show it, gets every fixed piece forced. The grammar still
-judges every forced token, so an answer stays exactly as valid as without jump-forward. Only schemas whose order
-and shape the grammar fixes are followed: an object whose properties are all required and no others allowed,
-with string, enum, number, integer or boolean values, or arrays of strings. Anything else: no jump-forward.
+whitespace around it. A model that writes compact JSON, as the application's worked examples show it, gets every
+fixed piece forced. The grammar still judges every forced token, so an answer stays exactly as valid as without
+jump-forward. Only schemas whose order and shape the grammar fixes are followed: an object whose properties are
+all required and no others allowed, with string, enum, number, integer or boolean values, or arrays of strings.
+Anything else: no jump-forward.
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ def _field(name: str, spec: Any) -> _Field | None:
     if kind in ("integer", "number", "boolean"):
         return _Field(name, "scalar")
     items = spec.get("items")
-    if kind == "array" and isinstance(items, dict) and _field("item", items) == _Field("item", "string"):
-        most = spec.get("maxItems")
-        return _Field(name, "array", min_items=int(spec.get("minItems", 0)),
-                      max_items=int(most) if isinstance(most, int) else None)
+    least, most = spec.get("minItems", 0), spec.get("maxItems")
+    if (kind == "array" and isinstance(items, dict) and _field("item", items) == _Field("item", "string")
+            and isinstance(least, int) and (most is None or isinstance(most, int))):
+        return _Field(name, "array", min_items=least, max_items=most)
     return None
 
 
