@@ -110,6 +110,7 @@ class LlamaCppModel(Model):
                       "(reinstall with CMAKE_ARGS=\"-DGGML_CUDA=on\" to use the GPU)", gpu_layers)
             gpu_layers = 0
         batched = settings.model_parallel > 1
+        self._pieces: dict[int, bytes] = {}  # token -> its bytes, filled as tokens are first generated
         try:
             # With the batching engine, Llama's own context only tokenizes: keep it small.
             self.llama = llama_cpp.Llama(
@@ -117,7 +118,7 @@ class LlamaCppModel(Model):
                 n_threads=settings.threads, n_threads_batch=settings.threads, n_gpu_layers=gpu_layers, verbose=False,
             )
             self.engine = BatchEngine(self.llama, settings.model_parallel, settings.model_context_size,
-                                      settings.threads, prefix_cache=settings.model_prefix_cache,
+                                      settings.threads, piece=self._piece, prefix_cache=settings.model_prefix_cache,
                                       flash_attention=settings.model_flash_attention) if batched else None
 
         except (ValueError, RuntimeError) as exc:
@@ -133,7 +134,6 @@ class LlamaCppModel(Model):
         self.grammar_budget = settings.model_grammar_time_budget
         self.jump_forward = settings.model_jump_forward
         self.template = self._chat_template()
-        self._pieces: dict[int, bytes] = {}  # token -> its bytes, filled as tokens are first generated
 
     @property
     def alive(self) -> bool:

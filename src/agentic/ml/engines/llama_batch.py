@@ -16,6 +16,7 @@ import logging
 import random
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,8 +67,10 @@ def _in_cells(sequence: _Sequence) -> list[int]:
 class BatchEngine:
     """Runs up to `slots` generations at once on one llama.cpp model."""
 
-    def __init__(self, llama: Any, slots: int, context_per_slot: int, threads: int, batch_size: int = 512,
-                 prefix_cache: bool = True, flash_attention: bool = True) -> None:
+    def __init__(self, llama: Any, slots: int, context_per_slot: int, threads: int, *,
+                 piece: Callable[[int], bytes], batch_size: int = 512, prefix_cache: bool = True,
+                 flash_attention: bool = True) -> None:
+        """`piece`: a token's bytes (the backend's cached detokenizer), for jump-forward to follow the text."""
         import llama_cpp
 
         self._lib = llama_cpp
@@ -103,7 +106,7 @@ class BatchEngine:
         self._running: dict[int, _Sequence] = {}
         self.cache = PrefixCache(prefix_cache)
         self.forced_tokens = 0  # tokens jump-forward wrote without sampling them (the end of turn not counted)
-        self._pieces: dict[int, str] = {}  # token -> its text, for jump-forward
+        self._piece = piece
         self._forced_text: dict[str, list[int]] = {}  # forced text -> its tokens
         end_of_turn = llama_cpp.llama_vocab_eot(self._vocab)
         self._end = end_of_turn if end_of_turn >= 0 else llama_cpp.llama_vocab_eos(self._vocab)
@@ -350,7 +353,7 @@ class BatchEngine:
         """The tokens the schema forces after `token`, each accepted by the grammar (which judges them as it
         judges sampled ones); the end of turn once the JSON is closed. Within the sequence's token limit, and its
         share of a batch (every sequence's pending tokens must fit in one: a long key name is not forced)."""
-        jump.feed(self._piece(token))
+        jump.feed(self._piece(token).decode("utf-8", errors="ignore"))
         text = jump.forced()
         room = min(sequence.limit - sequence.generated, self.batch_size // self.slots) - 1
         wanted = self._forced_tokens(text) if text else []
@@ -363,12 +366,6 @@ class BatchEngine:
         if jump.done and len(forced) < room and grammar.allows(self._end):
             forced.append(self._end)
         return forced
-
-    def _piece(self, token: int) -> str:
-        piece = self._pieces.get(token)
-        if piece is None:
-            piece = self._pieces[token] = self._llama.detokenize([token]).decode("utf-8", errors="ignore")
-        return piece
 
     def _forced_tokens(self, text: str) -> list[int]:
         tokens = self._forced_text.get(text)
