@@ -195,13 +195,13 @@ class IdeaAnalyzer:
             except AgenticError as exc:  # the backend failed after its own retries
                 self._record(idea_id, tier, model, None, attempt, started, exc.message, calls)
                 raise
-            found = answer_problems(value, title, shown) if value is not None and title else []
-            degenerate = (value, found) if value is not None and found else degenerate
-            if early is not None and early.problems and not found:  # stopped where it went wrong
+            if early is not None and early.problems:  # stopped where it went wrong (no value to keep)
                 found = early.problems
                 problem = f"degenerate: {'; '.join(found)} - the answer was stopped there"
-            elif found:
-                problem = f"degenerate: {'; '.join(found)}"
+            else:
+                found = answer_problems(value, title, shown) if value is not None and title else []
+                degenerate = (value, found) if value is not None and found else degenerate
+                problem = f"degenerate: {'; '.join(found)}" if found else problem
             self._record(idea_id, tier, model, answer, attempt, started, problem or None, calls)
             if value is not None and not found:
                 return value

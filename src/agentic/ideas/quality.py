@@ -176,6 +176,7 @@ class EarlyCheck:
         self.schema, self.title, self.instructions = schema, title, instructions
         self.problems: list[str] = []
         self._quotes, self._looked = 0, 0
+        self._checked: tuple[dict[str, Any], list[str]] = ({}, [])  # finished values last held to the rules, and why
 
     def __call__(self, text: str) -> bool:
         quotes = text.count('"')
@@ -197,7 +198,9 @@ class EarlyCheck:
     def _finished_problems(self, text: str) -> list[str]:
         fields = self.schema.model_fields
         done = {name: value for name, value in self._parse(text, False).items() if name in fields}
-        return answer_problems(self.schema.model_construct(**done), self.title, self.instructions)
+        if done != self._checked[0]:  # else a string only began: nothing new is finished
+            self._checked = (done, answer_problems(self.schema.model_construct(**done), self.title, self.instructions))
+        return self._checked[1]
 
     def _loop_problems(self, text: str) -> list[str]:
         done, written = self._parse(text, False), self._parse(text, True)
