@@ -50,7 +50,9 @@ def test_completion_greedy_is_deterministic_with_real_usage(manager: ModelManage
 def test_same_text_as_raw_llama_cpp(manager: ModelManager, gemma_path: Path) -> None:
     from llama_cpp import Llama
 
-    raw = Llama(model_path=str(gemma_path), n_ctx=2048, n_threads=2, verbose=False)
+    # The same offload as the manager's (a CUDA build computes on the GPU, whose rounding differs from the CPU's).
+    raw = Llama(model_path=str(gemma_path), n_ctx=2048, n_threads=2, verbose=False,
+                n_gpu_layers=manager.settings.model_gpu_layers)
     expected = raw.create_completion(PROMPT, max_tokens=16, temperature=0)["choices"][0]["text"]
     raw.close()
     model, lock = manager.get(heavy=True)
@@ -59,6 +61,11 @@ def test_same_text_as_raw_llama_cpp(manager: ModelManager, gemma_path: Path) -> 
 
 
 def test_seed_makes_sampling_reproducible(manager: ModelManager) -> None:
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("on a GPU a prefix-cache hit computes with other kernels: a seed is exact only on the CPU "
+                    "(README, continuous batching)")
     model, _ = manager.get(heavy=True)
     runs = [model(prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=seed)["choices"][0]["text"]
             for seed in (7, 7, 8)]
