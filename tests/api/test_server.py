@@ -58,6 +58,23 @@ async def test_async_openai_client_stream(server: str) -> None:
     await client.close()
 
 
+def test_continue_final_message_through_the_sdk(client: openai.OpenAI) -> None:
+    """vLLM's `continue_final_message` (extra_body): the reply continues the assistant's answer so far; asked
+    without a final assistant message, a 400 naming the field."""
+    ask = [{"role": "user", "content": "What is the capital of France?"}]
+    whole = client.chat.completions.create(model="heavy", messages=ask, max_tokens=12, temperature=0)
+    text = whole.choices[0].message.content or ""
+    kept = text[:len(text) // 2]
+    rest = client.chat.completions.create(model="heavy", messages=[*ask, {"role": "assistant", "content": kept}],
+                                          max_tokens=12, temperature=0, extra_body={"continue_final_message": True})
+    assert rest.usage and whole.usage and rest.usage.prompt_tokens > whole.usage.prompt_tokens
+    assert rest.choices[0].message.content and not (rest.choices[0].message.content or "").startswith(kept)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="heavy", messages=ask, max_tokens=4,
+                                       extra_body={"continue_final_message": True})
+    assert refused.value.param == "continue_final_message"
+
+
 def test_model_not_found_through_sdk(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])

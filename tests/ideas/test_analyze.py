@@ -323,6 +323,25 @@ def test_a_degenerate_attempt_is_stopped_where_it_goes_wrong_but_the_last_runs_t
     assert "stopped" not in (calls[1].error or "")
 
 
+def test_a_stopped_attempt_is_continued_from_before_the_value_that_went_wrong() -> None:
+    """The greedy summary (the triage's first field), given as the title, stops the first attempt when it closes;
+    the retry continues the answer kept up to that value's opening quote and must start the summary with another
+    token."""
+    with ModelManager(make_settings(model_n_threads=2)) as manager:
+        analyzer = IdeaAnalyzer(manager, retries=1, temperature=0)
+        text = idea_prompt(IDEA.title, IDEA.description)
+        first = analyzer.structured(IDEA.id, "light", TRIAGE_SYSTEM, text, Triage)  # no title: not checked
+        calls: list[CallRecord] = []
+        analyzer.on_call = calls.append
+        try:
+            value = analyzer.structured(IDEA.id, "light", TRIAGE_SYSTEM, text, Triage, title=first.summary)
+        except DegenerateAnswerError as exc:  # the rewritten summary may be degenerate too: it is kept all the same
+            value = exc.answer
+    assert isinstance(value, Triage) and len(calls) == 2 and (calls[0].error or "").endswith("stopped there")
+    assert calls[1].prompt_tokens > calls[0].prompt_tokens  # the kept part came as the answer so far
+    assert value.summary.split()[0] != first.summary.split()[0]  # its first token was not sampled again
+
+
 def test_a_context_smaller_than_the_answer_budget_still_gets_answers() -> None:
     """MODEL_CONTEXT_SIZE=1024 is below the analysis budget (1200 tokens): the budget is capped, not refused
     (before, every analysis call was a 400 naming max_tokens and every idea failed)."""

@@ -44,6 +44,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     options = {**body.sampling(), "max_tokens": body.max_completion_tokens or body.max_tokens,
                "response_format": body.response_format, "tools": body.tools, "tool_choice": body.tool_choice,
                "parallel_tool_calls": body.parallel_tool_calls}
+    if body.continue_final_message:  # only when asked: every backend takes the others
+        options["continue_final_message"] = True
 
     def call(model: Model, stream: bool) -> Any:
         return model.create_chat_completion(messages=messages, stream=stream, **options)

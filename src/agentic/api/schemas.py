@@ -128,6 +128,9 @@ class ChatCompletionRequest(_SamplingRequest):
         None, description="'auto' (default with tools), 'none', 'required', or {'type': 'function', 'function': "
         "{'name': ...}}.")
     parallel_tool_calls: bool | None = None
+    continue_final_message: bool = Field(
+        False, description="vLLM's extension: the last message is the assistant's answer so far, and the model "
+        "continues it (the reply holds the continuation). llama_cpp with MODEL_PARALLEL > 1 only.")
 
 
 class CompletionRequest(_SamplingRequest):

@@ -17,6 +17,7 @@ from ..ml.base import BaseModelManager, Model
 from ..ml.shapes import answered_by
 from ..ml.tiers import Tier
 from .quality import EarlyCheck, Instructions, answer_problems
+from .resume import Resume
 from .schemas import Analysis, Idea, IdeaResult, Triage, response_format
 
 __all__ = ["ANALYSIS_SYSTEM", "EXAMPLES", "TRIAGE_SYSTEM", "CallRecord", "DegenerateAnswerError", "IdeaAnalyzer",
@@ -182,14 +183,15 @@ class IdeaAnalyzer:
         model, lock = self.manager.for_tier(tier)
         messages = [{"role": "system", "content": system}, *_example_turns(schema), {"role": "user", "content": user}]
         shown = shown_to(system, schema)
-        problem, degenerate = "", None
+        problem, degenerate, resume = "", None, Resume()
         for attempt in range(1, self.retries + 2):
             # A retry samples more freely: the same path would likely fail the same way.
             temperature = self.temperature if attempt == 1 else min(1.0, self.temperature + 0.3 * attempt)
             early = EarlyCheck(schema, title, shown) if title and attempt <= self.retries else None
             started = time.perf_counter()
             try:
-                answer, value, problem = self._attempt(model, lock, messages, tier, schema, temperature, early)
+                answer, value, problem = self._attempt(model, lock, messages, tier, schema, temperature, early,
+                                                       resume)
             except InvalidRequestError:
                 raise  # our request is wrong: a retry cannot fix it
             except AgenticError as exc:  # the backend failed after its own retries
@@ -198,6 +200,8 @@ class IdeaAnalyzer:
             if early is not None and early.problems:  # stopped where it went wrong (no value to keep)
                 found = early.problems
                 problem = f"degenerate: {'; '.join(found)} - the answer was stopped there"
+                if model.continues_messages:  # the next attempt rewrites only the value that went wrong
+                    resume.after(_content(answer, resume.answered))
             else:
                 found = answer_problems(value, title, shown) if value is not None and title else []
                 degenerate = (value, found) if value is not None and found else degenerate
@@ -213,20 +217,23 @@ class IdeaAnalyzer:
         raise InvalidOutputError(message)
 
     def _attempt(self, model: Model, lock: Any, messages: list[dict[str, str]], tier: Tier, schema: type[S],
-                 temperature: float, early: EarlyCheck | None = None) -> tuple[Any, S | None, str]:
+                 temperature: float, early: EarlyCheck | None = None,
+                 resume: Resume | None = None) -> tuple[Any, S | None, str]:
         """One call, stopped by `early` when it finds the answer degenerate: (the raw answer, the validated value
-        or None, why not; "" when `early` stopped it: its `problems` say why)."""
+        or None, why not; "" when `early` stopped it: its `problems` say why). With `resume`, the call continues
+        the answer kept from the last attempt."""
         answer: Any = None
         # Never more than the model's whole window (the library refuses that); the room left after the prompt
         # caps it further, so a small MODEL_CONTEXT_SIZE still gets answers.
         max_tokens = min(self.max_tokens[tier], model.context_size or self.max_tokens[tier])
+        resume = resume or Resume()
         try:
             with lock:
-                answer = model.create_chat_completion(messages=messages, max_tokens=max_tokens,
-                                                      temperature=temperature, response_format=response_format(schema),
-                                                      stop_when=early)
+                answer = model.create_chat_completion(
+                    messages=messages + resume.messages(), max_tokens=max_tokens, temperature=temperature,
+                    response_format=response_format(schema), stop_when=resume.watched(early), **resume.options())
             assert isinstance(answer, dict)
-            content = answer["choices"][0]["message"].get("content") or ""
+            content = _content(answer, resume.answered)
             if early is not None and early.problems:
                 return answer, None, ""
             # strict=False: a raw newline inside a string (some servers' grammars allow it) is not worth a retry.
@@ -251,6 +258,11 @@ class IdeaAnalyzer:
         if calls is not None:
             calls.append(record)
         self.on_call(record)
+
+
+def _content(answer: dict[str, Any], answered: str = "") -> str:
+    """The whole answer's text: what was kept from the attempt before (`answered`), then this call's reply."""
+    return answered + (answer["choices"][0]["message"].get("content") or "")
 
 
 def _describe(detail: str, answer: Any) -> str:

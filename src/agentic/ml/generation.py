@@ -53,6 +53,11 @@ class GenerationParams:
     # stop sequence does (finish_reason "stop", usage counting the tokens generated). The local backends honour it;
     # on a remote API the answer runs to its end, whose usage the server reports only then.
     stop_when: Callable[[str], bool] | None = None
+    # Python callers only, honoured by the batched llama.cpp engine (MODEL_PARALLEL > 1), elsewhere ignored: texts the
+    # answer must not start with (the first token of each is never sampled first): a retry that must not repeat
+    # the start of a refused answer.
+    avoid_first: tuple[str, ...] = ()
+    continue_final: bool = False  # chat only: the last message is the assistant's answer so far, continued
 
     @property
     def json_schema(self) -> dict[str, Any] | None:
@@ -75,6 +80,7 @@ class GenerationParams:
         stream: bool = False,
         response_format: dict[str, Any] | None = None,
         stop_when: Callable[[str], bool] | None = None,
+        avoid_first: Sequence[str] = (),
         **extra: Any,
     ) -> GenerationParams:
         """Check every argument and say which one is wrong and how to fix it."""
@@ -103,8 +109,11 @@ class GenerationParams:
         if stop_when is not None and not callable(stop_when):
             raise InvalidRequestError(f"stop_when={stop_when!r} is not valid: pass a function of the answer's text "
                                       "so far that returns True to end the answer there.", param="stop_when")
+        if isinstance(avoid_first, str) or any(not isinstance(text, str) or not text for text in avoid_first):
+            raise InvalidRequestError(f"avoid_first={avoid_first!r} is not valid: pass a list of non-empty strings.",
+                                      param="avoid_first")
         return cls(max_tokens, float(temperature), float(top_p), stops, seed, bool(stream), response_format,
-                   stop_when=stop_when)
+                   stop_when=stop_when, avoid_first=tuple(avoid_first))
 
 
 @dataclass

@@ -108,23 +108,47 @@ class Model(ABC):
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
         parallel_tool_calls: bool | None = None,
+        continue_final_message: bool = False,
         **extra: Any,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """A `chat.completion` dict, or an iterator of `chat.completion.chunk` dicts when `stream=True`.
 
         With `tools`, the model may answer with `message.tool_calls` (finish_reason "tool_calls"), as
-        OpenAI's API does; see `agentic.ml.tools`.
+        OpenAI's API does; see `agentic.ml.tools`. With `continue_final_message` (as in vLLM), the last message
+        is the assistant's answer so far and the model continues it: the reply holds the continuation only.
         """
         check_messages(messages)
         check_text(messages, "messages")
         params = self._params(max_tokens, temperature, top_p, stop, seed, stream, response_format, **extra)
         plan = self._tool_plan(tools, tool_choice, parallel_tool_calls, params)
-        params = replace(params, tools=plan)
+        params = replace(params, tools=plan, continue_final=self._check_continue(continue_final_message, messages))
         deltas = self._tracked(lambda: self._chat(list(messages), params))
         if plan is not None and plan.calls_allowed:
             deltas = checked_calls(deltas, plan) if self.native_tools else ToolCallStream(plan).run(deltas)
         shape = ResultShape("chatcmpl", "chat.completion", self.name, self.backend)
         return shape.stream(deltas, chat=True) if stream else shape.collect(deltas, chat=True)
+
+    @property
+    def continues_messages(self) -> bool:
+        """Whether `continue_final_message` works here (a backend that continues a final assistant message)."""
+        return False
+
+    def _check_continue(self, wanted: Any, messages: list[Message]) -> bool:
+        """`continue_final_message`, checked: a final assistant message with text, on a backend that continues it."""
+        if not isinstance(wanted, bool):
+            raise InvalidRequestError(f"continue_final_message={wanted!r} is not valid: use true or false.",
+                                      param="continue_final_message")
+        if not wanted:
+            return False
+        last = messages[-1] if messages else {}
+        if last.get("role") != "assistant" or not isinstance(last.get("content"), str) or not last["content"]:
+            raise InvalidRequestError("continue_final_message needs the last message to be the assistant's answer "
+                                      "so far (role 'assistant', text content).", param="continue_final_message")
+        if not self.continues_messages:
+            raise InvalidRequestError(
+                f"continue_final_message is not supported by {self.backend} ({self.name}); it works on llama_cpp "
+                "with MODEL_PARALLEL > 1. Send the messages without it.", param="continue_final_message")
+        return True
 
     def _tool_plan(self, tools: Any, tool_choice: Any, parallel_tool_calls: Any,
                    params: GenerationParams) -> ToolPlan | None:

@@ -166,17 +166,25 @@ class LlamaCppModel(Model):
         tokens = self.llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         return self._generate(tokens, params, "prompt")
 
+    @property
+    def continues_messages(self) -> bool:
+        """The batching engine continues a final assistant message (its grammar and jump-forward start after it)."""
+        return self.engine is not None
+
     def _chat(self, messages: list[Message], params: GenerationParams) -> Iterator[Delta]:
         model = self.llama._model
         bos = [model.token_bos()] if model.token_bos() >= 0 and model.add_bos_token() else []
-        messages, tools = template_input(messages, params.tools, self.template.hermes_tools)
-        tokens = self.template.tokenize(messages, self._tokenize, bos, tools)
-        return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages")
+        answered = str(messages[-1]["content"]) if params.continue_final else ""
+        messages, tools = template_input(messages[:-1] if answered else messages, params.tools,
+                                         self.template.hermes_tools)
+        # The answer so far follows the prompt that asks for the assistant's turn, as plain text.
+        tokens = self.template.tokenize(messages, self._tokenize, bos, tools) + self._tokenize(answered, False)
+        return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages", answered)
 
-    def _generate(self, tokens: list[int], params: GenerationParams, what: str) -> Iterator[Delta]:
+    def _generate(self, tokens: list[int], params: GenerationParams, what: str, answered: str = "") -> Iterator[Delta]:
         request = GenerationRequest.resolve(tokens, params, self.context_size, what)
         if self.engine is not None:
-            return self._text(self._batched(request, params), request, params)
+            return self._text(self._batched(request, params, answered), request, params)
         sampling = request.sampling
         if sampling.seed is not None:
             # Reusing a cached prompt prefix changes the logits in the last bits; a seed promises the same text.
@@ -188,13 +196,25 @@ class LlamaCppModel(Model):
         )
         return self._text(generated, request, params)
 
-    def _batched(self, request: GenerationRequest, params: GenerationParams) -> Iterator[int]:
+    def _batched(self, request: GenerationRequest, params: GenerationParams, answered: str = "") -> Iterator[int]:
+        """The engine's tokens; the grammar and jump-forward first follow `answered` (the answer so far)."""
         assert self.engine is not None
         gbnf = self._gbnf(params)
         grammar = self.engine.compile_grammar(gbnf, "root", self.grammar_budget) if gbnf is not None else None
         tools = params.tools is not None and params.tools.calls_allowed
         jump = JsonJump.for_schema(params.json_schema) if self.jump_forward and not tools else None
-        return self.engine.generate(request, grammar, jump)
+        if answered and grammar is not None:
+            tokens = self._tokenize(answered, False)
+            if grammar.force(tokens) < len(tokens):
+                grammar.close()
+                raise InvalidRequestError(
+                    "continue_final_message: the final assistant message is not the start of an answer that "
+                    "response_format allows. Send an answer so far that fits the schema, or no response_format.",
+                    param="continue_final_message")
+            if jump is not None:
+                jump.feed(answered)
+        avoid = tuple(dict.fromkeys(self._tokenize(text, False)[0] for text in params.avoid_first))
+        return self.engine.generate(request, grammar, jump, avoid)
 
     def _text(self, generated: Iterator[int], request: GenerationRequest, params: GenerationParams) -> Iterator[Delta]:
         vocab = self.llama._model.vocab

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import logging
+import math
 import random
 import threading
 from collections import deque
@@ -55,6 +56,7 @@ class _Sequence:
     sampler: Any = None
     grammar: Grammar | None = None
     jump: JsonJump | None = None
+    avoid: tuple[int, ...] = ()  # tokens never sampled first
 
 
 def _in_cells(sequence: _Sequence) -> list[int]:
@@ -121,16 +123,17 @@ class BatchEngine:
         return Grammar(self._lib, self._vocab, text, root, budget)
 
     def generate(self, request: GenerationRequest, grammar: Grammar | None = None,
-                 jump: JsonJump | None = None) -> TokenChannel:
+                 jump: JsonJump | None = None, avoid: tuple[int, ...] = ()) -> TokenChannel:
         """Token ids of one sequence as they are sampled; closing the channel cancels it.
 
         The engine owns `grammar` from here on and frees it with the sequence; with `jump` (which needs
         `grammar`), the text the JSON schema forces is written without sampling it (engines/jump_forward.py).
+        No token of `avoid` is sampled first.
         """
         channel = TokenChannel(lambda: self._worker.is_alive(), self._nudge)
         channel.cached_tokens = 0  # until the prefix cache places it
         sequence = _Sequence(list(request.prompt), request.limit, request.sampling, channel, grammar=grammar,
-                             jump=jump if grammar is not None else None)
+                             jump=jump if grammar is not None else None, avoid=avoid)
         with self._wake:
             if self._closed:
                 if grammar is not None:
@@ -342,6 +345,10 @@ class BatchEngine:
 
     def _next_tokens(self, sequence: _Sequence, index: int) -> list[int]:
         """The token sampled for `sequence` from the logits at `index`, then the text its schema forces after it."""
+        if sequence.avoid and not sequence.output:
+            logits = self._lib.llama_get_logits_ith(self._ctx, index)
+            for token in sequence.avoid:
+                logits[token] = -math.inf
         if sequence.grammar is None:
             return [self._lib.llama_sampler_sample(sequence.sampler, self._ctx, index)]
         token = sequence.grammar.sample(sequence.sampler, self._ctx, index)
