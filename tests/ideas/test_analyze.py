@@ -287,6 +287,25 @@ def test_llama_cpp_schema_grammar_lets_json_break_lines_and_indent(llama: ModelM
     assert "\n" in content and content.endswith("}")  # laid out by the model, ended at the brace
 
 
+def test_json_object_grammar_has_the_same_whitespace_rules(llama: ModelManager) -> None:
+    """response_format json_object: any object, but indentation capped at 8 and nothing after the closing brace
+    (llama-cpp-python's stock JSON grammar allows 20 and trailing whitespace)."""
+    from agentic.ml.base import GenerationParams
+    from agentic.ml.model_manager import LlamaCppModel
+
+    model, _ = llama.get(heavy=True)
+    assert isinstance(model, LlamaCppModel) and model.engine is not None
+    gbnf = model._gbnf(GenerationParams.build(64, 0.0, 1.0, None, None, response_format={"type": "json_object"}))
+    assert gbnf is not None and 'space ::= (" " | "\\n"{1,2} [ \\t]{0,8})?' in gbnf and "{0,20}" not in gbnf
+    assert [line for line in gbnf.splitlines() if line.startswith("root ::=")][0].endswith('"}"')
+    answer = model.create_chat_completion(
+        messages=[{"role": "user", "content": 'Give a JSON object with a single key "city" whose value is Paris.'}],
+        max_tokens=200, temperature=0, response_format={"type": "json_object"})
+    assert isinstance(answer, dict) and answer["choices"][0]["finish_reason"] == "stop"
+    content = answer["choices"][0]["message"]["content"]
+    assert isinstance(json.loads(content), dict) and content.endswith("}")
+
+
 def test_a_valid_but_degenerate_answer_is_retried_then_kept_as_low_quality() -> None:
     """The real model's own greedy answer, checked against a title it copies: each attempt is rejected.
     One sequence at a time (llama.cpp's own path), so the same prompt gives the same greedy answer."""

@@ -27,7 +27,7 @@ from ..base import BaseModelManager, Delta, GenerationParams, Message, Model, Mo
 from ..chat_templates import ChatTemplate, fallback_template
 from ..default_model import EMBEDDED_LABEL, embedded_model_path
 from ..embeddings import EmbeddingInput, EmbeddingModel
-from ..engines.gbnf import schema_gbnf, tool_gbnf
+from ..engines.gbnf import object_gbnf, schema_gbnf, tool_gbnf
 from ..engines.jump_forward import JsonJump
 from ..engines.llama_batch import BatchEngine
 from ..engines.llama_embed import LlamaEmbedder
@@ -248,7 +248,7 @@ class LlamaCppModel(Model):
         elif params.json_schema is None:
             return None
         elif not params.json_schema:
-            return str(grammar_module.JSON_GBNF)
+            gbnf = object_gbnf(grammar_module)
         else:
             gbnf = schema_gbnf(grammar_module, params.json_schema, "response_format")
         self.schema_limits.check_grammar(gbnf)
