@@ -59,6 +59,17 @@ def test_avoid_first_makes_the_continuation_start_with_another_token(manager: Mo
     assert json.loads(kept + same)["name"] == name  # without it, the greedy name again
 
 
+def test_an_avoided_token_is_still_written_when_the_grammar_allows_nothing_else(manager: ModelManager) -> None:
+    model, _ = manager.get(heavy=True)
+    only = {"type": "json_schema", "json_schema": {"name": "one", "schema": {
+        "type": "object", "additionalProperties": False, "required": ["answer"],
+        "properties": {"answer": {"type": "string", "enum": ["yes"]}}}}}
+    reply = model.create_chat_completion(
+        messages=[{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": '{"answer":"'}],
+        max_tokens=16, temperature=0, response_format=only, continue_final_message=True, avoid_first=["yes"])
+    assert json.loads('{"answer":"' + content(reply)) == {"answer": "yes"}
+
+
 def test_free_text_is_continued_without_repeating_the_kept_part(manager: ModelManager) -> None:
     model, _ = manager.get(heavy=True)
     ask = [{"role": "user", "content": "What is the capital of France?"}]

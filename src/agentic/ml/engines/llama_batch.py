@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import ctypes
 import logging
-import math
 import random
 import threading
 from collections import deque
@@ -57,6 +56,9 @@ class _Sequence:
     grammar: Grammar | None = None
     jump: JsonJump | None = None
     avoid: tuple[int, ...] = ()  # tokens never sampled first
+
+
+_AVOIDED = -1e9  # the logit of a token a sequence must not sample first
 
 
 def _in_cells(sequence: _Sequence) -> list[int]:
@@ -128,7 +130,7 @@ class BatchEngine:
 
         The engine owns `grammar` from here on and frees it with the sequence; with `jump` (which needs
         `grammar`), the text the JSON schema forces is written without sampling it (engines/jump_forward.py).
-        No token of `avoid` is sampled first.
+        No token of `avoid` is sampled first, unless the grammar allows nothing else.
         """
         channel = TokenChannel(lambda: self._worker.is_alive(), self._nudge)
         channel.cached_tokens = 0  # until the prefix cache places it
@@ -347,8 +349,8 @@ class BatchEngine:
         """The token sampled for `sequence` from the logits at `index`, then the text its schema forces after it."""
         if sequence.avoid and not sequence.output:
             logits = self._lib.llama_get_logits_ith(self._ctx, index)
-            for token in sequence.avoid:
-                logits[token] = -math.inf
+            for token in sequence.avoid:  # far below any other, but not -inf: the grammar may allow nothing else
+                logits[token] = _AVOIDED
         if sequence.grammar is None:
             return [self._lib.llama_sampler_sample(sequence.sampler, self._ctx, index)]
         token = sequence.grammar.sample(sequence.sampler, self._ctx, index)
