@@ -217,16 +217,14 @@ class IdeaAnalyzer:
         raise InvalidOutputError(message)
 
     def _attempt(self, model: Model, lock: Any, messages: list[dict[str, str]], tier: Tier, schema: type[S],
-                 temperature: float, early: EarlyCheck | None = None,
-                 resume: Resume | None = None) -> tuple[Any, S | None, str]:
+                 temperature: float, early: EarlyCheck | None, resume: Resume) -> tuple[Any, S | None, str]:
         """One call, stopped by `early` when it finds the answer degenerate: (the raw answer, the validated value
-        or None, why not; "" when `early` stopped it: its `problems` say why). With `resume`, the call continues
-        the answer kept from the last attempt."""
+        or None, why not; "" when `early` stopped it: its `problems` say why). The call continues the answer
+        `resume` kept from the last attempt, if any."""
         answer: Any = None
         # Never more than the model's whole window (the library refuses that); the room left after the prompt
         # caps it further, so a small MODEL_CONTEXT_SIZE still gets answers.
         max_tokens = min(self.max_tokens[tier], model.context_size or self.max_tokens[tier])
-        resume = resume or Resume()
         try:
             with lock:
                 answer = model.create_chat_completion(

@@ -178,13 +178,16 @@ class LlamaCppModel(Model):
         messages, tools = template_input(messages[:-1] if answered else messages, params.tools,
                                          self.template.hermes_tools)
         # The answer so far follows the prompt that asks for the assistant's turn, as plain text.
-        tokens = self.template.tokenize(messages, self._tokenize, bos, tools) + self._tokenize(answered, False)
-        return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages", answered)
+        kept = self._tokenize(answered, False) if answered else []
+        tokens = self.template.tokenize(messages, self._tokenize, bos, tools) + kept
+        return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages",
+                              (answered, kept))
 
-    def _generate(self, tokens: list[int], params: GenerationParams, what: str, answered: str = "") -> Iterator[Delta]:
+    def _generate(self, tokens: list[int], params: GenerationParams, what: str,
+                  answered: tuple[str, list[int]] = ("", [])) -> Iterator[Delta]:
         request = GenerationRequest.resolve(tokens, params, self.context_size, what)
         if self.engine is not None:
-            return self._text(self._batched(request, params, answered), request, params)
+            return self._text(self._batched(request, params, *answered), request, params)
         sampling = request.sampling
         if sampling.seed is not None:
             # Reusing a cached prompt prefix changes the logits in the last bits; a seed promises the same text.
@@ -196,16 +199,17 @@ class LlamaCppModel(Model):
         )
         return self._text(generated, request, params)
 
-    def _batched(self, request: GenerationRequest, params: GenerationParams, answered: str = "") -> Iterator[int]:
-        """The engine's tokens; the grammar and jump-forward first follow `answered` (the answer so far)."""
+    def _batched(self, request: GenerationRequest, params: GenerationParams, answered: str = "",
+                 kept: list[int] | None = None) -> Iterator[int]:
+        """The engine's tokens; the grammar and jump-forward first follow `answered` (the answer so far, whose
+        tokens `kept` end the prompt)."""
         assert self.engine is not None
         gbnf = self._gbnf(params)
         grammar = self.engine.compile_grammar(gbnf, "root", self.grammar_budget) if gbnf is not None else None
         tools = params.tools is not None and params.tools.calls_allowed
         jump = JsonJump.for_schema(params.json_schema) if self.jump_forward and not tools else None
-        if answered and grammar is not None:
-            tokens = self._tokenize(answered, False)
-            if grammar.force(tokens) < len(tokens):
+        if kept and grammar is not None:
+            if grammar.force(kept) < len(kept):
                 grammar.close()
                 raise InvalidRequestError(
                     "continue_final_message: the final assistant message is not the start of an answer that "
