@@ -126,7 +126,7 @@ class AnalysisRuns:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._running: str | None = None  # the running run's id ("" while one is being prepared)
+        self._running: str | None = None  # the running run's id ("" while an upload is checked, before it has one)
 
     def start(self, state: ServerState, runs_dir: Path, filename: str, body: bytes,
               on_end: Callable[[], None]) -> RunRecord:
@@ -147,8 +147,6 @@ class AnalysisRuns:
         except BaseException:
             on_end()
             raise
-        with self._lock:
-            self._running = record.id
         threading.Thread(target=self._work, args=(state, ideas_path, record, on_end),
                          name=f"agentic-console-run-{record.id}", daemon=True).start()
         return record.model_copy(deep=True)  # the thread goes on changing its own
@@ -160,6 +158,8 @@ class AnalysisRuns:
             raise InvalidRequestError(f"{name!r} is empty: give a CSV with a title,description header or a JSONL "
                                       "file of ideas.", param="file")
         run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+        with self._lock:
+            self._running = run_id  # before its record exists, so a reader never takes it for an interrupted run
         run_dir = runs_dir / run_id
         try:
             run_dir.mkdir(parents=True)
@@ -195,7 +195,8 @@ class AnalysisRuns:
             record.finished, record.wall_s = _now(), round(time.perf_counter() - started, 1)
             record.counts = ResultsLog(run_dir / "results.jsonl").counts()
             try:
-                _write(run_dir, record)
+                with self._lock:  # a reader sees the record "running" while _running names it, or its end
+                    _write(run_dir, record)
             finally:
                 with self._lock:
                     self._running = None
@@ -203,11 +204,12 @@ class AnalysisRuns:
 
     def _load(self, run_dir: Path) -> RunRecord | None:
         try:
-            record = RunRecord.model_validate_json((run_dir / RECORD).read_bytes())
+            with self._lock:  # the record and whether it runs, read together: a run ending between them is no crash
+                record, running = RunRecord.model_validate_json((run_dir / RECORD).read_bytes()), self._running
         except (OSError, ValidationError):
             return None
         if record.state == "running":
-            if record.id == self._running:
+            if record.id == running:
                 record.counts = ResultsLog(run_dir / "results.jsonl").counts()
             else:  # the server stopped while it ran
                 record.state = "interrupted"
