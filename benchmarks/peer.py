@@ -79,6 +79,26 @@ def shared_prefix(server: Server) -> dict[str, float]:
             "tokens_per_s": sum(a["usage"]["completion_tokens"] for a in answers) / wall}
 
 
+def conversations(server: Server) -> dict[str, float]:
+    """4 users with the same instructions take turns, one request at a time, 3 turns each (each turn sends the
+    conversation so far): wall time and prompt tokens computed. A user's next turn finds its history cached only
+    when the other users' prompts in between did not take its cells."""
+    histories = [[{"role": "system", "content": INSTRUCTIONS}] for _ in range(4)]
+    prompt = computed = generated = 0
+    started = time.perf_counter()
+    for turn in range(3):
+        for user, history in enumerate(histories):
+            history.append({"role": "user", "content": f"Idea: {IDEAS[user]}." if turn == 0 else
+                            "Go on: what would you check first?"})
+            answer = chat(server.url, server.model, history, max_tokens=48, temperature=0.7)
+            history.append({"role": "assistant", "content": answer["choices"][0]["message"]["content"]})
+            prompt += answer["usage"]["prompt_tokens"]
+            computed += answer["usage"]["prompt_tokens"] - _cached(answer)
+            generated += answer["usage"]["completion_tokens"]
+    wall = time.perf_counter() - started
+    return {"wall_s": wall, "prompt_tokens": prompt, "computed": computed, "tokens_per_s": generated / wall}
+
+
 def _cached(answer: dict[str, Any]) -> int:
     details = answer["usage"].get("prompt_tokens_details") or {}
     if "cached_tokens" in details:
@@ -222,6 +242,7 @@ def main() -> None:
     sixteen = {"idle memory, 16 slots": idle_memory, "1 streaming client, 64 tokens": streaming(1, 64),
                "16 clients, 64 tokens": streaming(16, 64), "16 clients, 256 tokens": streaming(16, 256),
                "shared ~400-token prefix, 16 requests 8 at a time": shared_prefix,
+               "4 conversations taking turns, 3 turns each": conversations,
                "structured json_schema, 8 clients": structured}
     eight = {"8 clients, 64 tokens, 8 slots each": streaming(8, 64)}
     if args.only:

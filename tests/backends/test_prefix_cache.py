@@ -69,6 +69,30 @@ def test_a_shared_prefix_is_reused_by_another_prompt(cached: LlamaCppModel, refe
     assert_greedy_up_to_a_tie(reference, prompt, generated)
 
 
+def test_held_cells_stay_within_the_budget_the_least_recently_used_going_first() -> None:
+    cache = PrefixCache(budget=10)
+    slots = [cache.place([9, n], free=[0, 1, 2], running={}).slot for n in range(3)]
+    assert cache.hold(slots[0], [1] * 4) == [] and cache.hold(slots[1], [2] * 4) == []
+    assert cache.hold(slots[2], [3] * 4) == [slots[0]]  # 12 > 10: the oldest goes
+    assert cache.holders() == {slots[1]: [2] * 4, slots[2]: [3] * 4}
+    assert cache.hold(slots[1], [4] * 20) == [slots[2]]  # alone over the budget, the newest stays
+    assert cache.holders() == {slots[1]: [4] * 20}
+    unlimited = PrefixCache()
+    for slot in range(3):
+        assert unlimited.hold(slot, [slot] * 100) == []
+
+
+def test_an_unrelated_prompt_in_between_does_not_evict_a_cached_prompt(cached: LlamaCppModel) -> None:
+    """Two users taking turns: the other's prompt, sharing only BOS, goes to another slot (it used to take the
+    slot that held the first prompt, and the first user's next turn recomputed everything)."""
+    assert cached.engine is not None
+    prompt, _, _ = _greedy(cached, "a board game bar")
+    other = cached.llama.tokenize(b"Translate into French: good morning", add_bos=True, special=True)
+    assert len(list(cached.engine.generate(GenerationRequest(other, 8, SamplingSpec(0.0, 1.0))))) == 8
+    _, _, reused = _greedy(cached, "a board game bar")
+    assert reused == len(prompt) - 1
+
+
 def test_the_prefix_cache_can_be_turned_off() -> None:
     manager = _manager(model_prefix_cache=False)
     try:
@@ -109,17 +133,27 @@ def test_a_running_sequence_shares_its_prefix_with_a_new_one(cached: LlamaCppMod
     assert_greedy_up_to_a_tie(reference, prompt, generated)
 
 
-def test_placement_prefers_own_cells_then_shares_the_longest_prefix() -> None:
+def test_placement_shares_the_longest_prefix_and_keeps_what_a_slot_holds_beyond_it() -> None:
     cache = PrefixCache()
     assert common_prefix([1, 2, 3, 4], [1, 2, 3, 9], limit=10) == 3
     assert common_prefix([1, 2, 3], [1, 2, 3], limit=2) == 2  # the last prompt token is always computed
-    first = cache.place([1, 2, 3, 4], free=[0, 1], running={})
+    first = cache.place([1, 2, 3, 4], free=[0, 1, 2], running={})
     assert (first.keep, first.donor) == (0, None)
     cache.hold(first.slot, [1, 2, 3, 4, 5])
-    again = cache.place([1, 2, 3, 7], free=[0, 1], running={})
-    assert (again.slot, again.keep, again.donor) == (first.slot, 3, None)  # its own cells
-    shared = cache.place([1, 2, 3, 4, 8], free=[1], running={0: [1, 2, 3, 4, 5]})
-    assert (shared.slot, shared.keep, shared.donor) == (1, 4, 0)  # another sequence's cells
+    again = cache.place([1, 2, 3, 7], free=[0, 1, 2], running={})
+    assert again.slot != first.slot and (again.keep, again.donor) == (3, first.slot)  # [4, 5] stay held
+    assert cache.holders() == {first.slot: [1, 2, 3, 4, 5]}
+    cache.hold(again.slot, [1, 2, 3, 7, 8])
+    turn = cache.place([1, 2, 3, 7, 8, 9, 10], free=[0, 1, 2], running={})
+    assert (turn.slot, turn.keep, turn.donor) == (again.slot, 5, None)  # goes on from all it holds: its own cells
+    cache.hold(turn.slot, [1, 2, 3, 7, 8, 9, 10, 11])
+    other = cache.place([1, 6], free=[0, 1, 2], running={})  # only BOS in common: the empty slot, nothing evicted
+    assert other.slot not in (first.slot, again.slot) and other.keep == 1
+    cache.hold(other.slot, [1, 6, 6])
+    full = cache.place([5, 5], free=[0, 1, 2], running={})  # no empty slot: the least recently used one
+    assert full.slot == first.slot and full.keep == 0
+    shared = cache.place([1, 2, 3, 4, 8], free=[2], running={0: [1, 2, 3, 4, 5]})
+    assert (shared.slot, shared.keep, shared.donor) == (2, 4, 0)  # another sequence's cells
     off = PrefixCache(enabled=False)
     off.hold(0, [1, 2, 3])
     assert off.place([1, 2, 3, 4], free=[0], running={1: [1, 2, 3]}).keep == 0

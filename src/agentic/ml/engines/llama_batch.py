@@ -108,7 +108,8 @@ class BatchEngine:
         self._batch = llama_cpp.llama_batch_init(self.batch_size, 0, 1)
         self._waiting: deque[_Sequence] = deque()
         self._running: dict[int, _Sequence] = {}
-        self.cache = PrefixCache(prefix_cache)
+        # A quarter of the cells (at least one slot's) may stay held for reuse after their sequences end.
+        self.cache = PrefixCache(prefix_cache, budget=max(context_per_slot, slots * context_per_slot // 4))
         self.forced_tokens = 0  # tokens jump-forward wrote without sampling them (the end of turn not counted)
         self._piece = piece
         self._forced_text: dict[str, list[int]] = {}  # forced text -> its tokens
@@ -284,7 +285,8 @@ class BatchEngine:
         if self._running.get(sequence.seq_id) is sequence:
             del self._running[sequence.seq_id]
             if error is None and self.cache.enabled:  # its cells stay, for a later prompt with that prefix
-                self.cache.hold(sequence.seq_id, _in_cells(sequence))
+                for slot in self.cache.hold(sequence.seq_id, _in_cells(sequence)):
+                    self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
             else:
                 self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
                 self.cache.forget(sequence.seq_id)

@@ -40,8 +40,12 @@ def common_prefix(cached: Sequence[int], prompt: Sequence[int], limit: int) -> i
 class PrefixCache:
     """What each free slot's cells hold, and the placement of new prompts."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, budget: int | None = None) -> None:
+        """`budget`: at most this many tokens held in all (None: no limit). Every cell held widens every decode
+        step's attention in a unified KV cache: measured 2026-11-26, one stream decoded ~10% slower with 19,310
+        cells held by 15 free slots than with none (scratch in-process run, 6 alternating rounds)."""
         self.enabled = enabled
+        self.budget = budget
         self._held: dict[int, list[int]] = {}  # free slot -> tokens its cells hold (positions 0..n-1)
         self._used: dict[int, int] = {}  # slot -> when it was last given a sequence (LRU among equals)
         self._clock = itertools.count()
@@ -49,28 +53,40 @@ class PrefixCache:
     def place(self, prompt: Sequence[int], free: list[int], running: Mapping[int, Sequence[int]]) -> Placement:
         """The slot for `prompt` among `free`, and the cells it can reuse (`running`: slot -> tokens in its cells).
 
-        The last prompt token is always computed: its logits choose the first generated token.
+        The cells come from whichever slot, free or running, shares the longest prefix. The slot given is that
+        one when the prompt goes on from all it holds (nothing is lost), else an empty slot, else the least
+        recently used: a slot whose cells the prompt shares only in part keeps them for the prompts after it,
+        and a one-token match (every prompt starts with BOS) never evicts a useful prefix. The last prompt
+        token is always computed: its logits choose the first generated token.
         """
         limit = len(prompt) - 1 if self.enabled else 0
-        shared = {slot: common_prefix(self._held.get(slot, ()), prompt, limit) for slot in free}
-        slot = max(free, key=lambda s: (shared[s], -self._used.get(s, -1)))  # ties: the least recently used
-        keep, donor = shared[slot], None
-        for other, tokens in running.items():
+        keep, donor = 0, None
+        for other, tokens in itertools.chain(((s, self._held.get(s, ())) for s in free), running.items()):
             length = common_prefix(tokens, prompt, limit)
             if length > keep:
                 keep, donor = length, other
-        if donor is not None:  # another sequence holds more: take the free slot whose cells are worth least
+        if donor in self._held and keep == len(self._held[donor]):
+            slot = donor
+        else:
             slot = min(free, key=lambda s: (s in self._held, self._used.get(s, -1)))
         self._held.pop(slot, None)
         self._used[slot] = next(self._clock)
-        return Placement(slot, keep, donor)
+        return Placement(slot, keep, None if donor == slot else donor)
 
-    def hold(self, slot: int, tokens: list[int]) -> None:
-        """A sequence ended in `slot`; its cells, holding `tokens`, stay for later prompts."""
-        if self.enabled and tokens:
-            self._held[slot] = tokens
-        else:
+    def hold(self, slot: int, tokens: list[int]) -> list[int]:
+        """A sequence ended in `slot`; its cells, holding `tokens`, stay for later prompts. Returns the slots
+        whose cells the caller must now clear: the least recently used, while more than the budget is held (the
+        newest stays even alone over it)."""
+        if not (self.enabled and tokens):
             self._held.pop(slot, None)
+            return []
+        self._held[slot] = tokens
+        evicted: list[int] = []
+        oldest_first = sorted((s for s in self._held if s != slot), key=lambda s: self._used.get(s, -1))
+        while self.budget is not None and oldest_first and sum(map(len, self._held.values())) > self.budget:
+            evicted.append(oldest_first.pop(0))
+            del self._held[evicted[-1]]
+        return evicted
 
     def holders(self) -> dict[int, list[int]]:
         """Free slots whose cells hold tokens."""
