@@ -68,7 +68,7 @@ def main() -> None:
     configs = [tuple(spec.split("=", 1)) for spec in args.run]
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in configs}
     for round_index in range(args.rounds):
-        for name, settings in configs:
+        for name, settings in (configs if round_index % 2 == 0 else configs[::-1]):  # who goes first alternates
             figures = run_once(settings)
             results[name].append(figures)
             print(f"round {round_index + 1} {name}: {figures}", flush=True)
