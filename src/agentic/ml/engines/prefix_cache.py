@@ -83,9 +83,10 @@ class PrefixCache:
         self._held[slot] = tokens
         evicted: list[int] = []
         oldest_first = sorted((s for s in self._held if s != slot), key=lambda s: self._used.get(s, -1))
-        while self.budget is not None and oldest_first and sum(map(len, self._held.values())) > self.budget:
+        total = sum(map(len, self._held.values()))
+        while self.budget is not None and oldest_first and total > self.budget:
             evicted.append(oldest_first.pop(0))
-            del self._held[evicted[-1]]
+            total -= len(self._held.pop(evicted[-1]))
         return evicted
 
     def holders(self) -> dict[int, list[int]]:
