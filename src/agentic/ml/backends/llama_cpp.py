@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -181,13 +181,13 @@ class LlamaCppModel(Model):
         kept = self._tokenize(answered, False) if answered else []
         tokens = self.template.tokenize(messages, self._tokenize, bos, tools) + kept
         return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages",
-                              (answered, kept))
+                              answered=answered, kept=kept)
 
-    def _generate(self, tokens: list[int], params: GenerationParams, what: str,
-                  answered: tuple[str, list[int]] = ("", [])) -> Iterator[Delta]:
+    def _generate(self, tokens: list[int], params: GenerationParams, what: str, *, answered: str = "",
+                  kept: Sequence[int] = ()) -> Iterator[Delta]:
         request = GenerationRequest.resolve(tokens, params, self.context_size, what)
         if self.engine is not None:
-            return self._text(self._batched(request, params, *answered), request, params)
+            return self._text(self._batched(request, params, answered, kept), request, params)
         sampling = request.sampling
         if sampling.seed is not None:
             # Reusing a cached prompt prefix changes the logits in the last bits; a seed promises the same text.
@@ -199,8 +199,8 @@ class LlamaCppModel(Model):
         )
         return self._text(generated, request, params)
 
-    def _batched(self, request: GenerationRequest, params: GenerationParams, answered: str = "",
-                 kept: list[int] | None = None) -> Iterator[int]:
+    def _batched(self, request: GenerationRequest, params: GenerationParams, answered: str,
+                 kept: Sequence[int]) -> Iterator[int]:
         """The engine's tokens; the grammar and jump-forward first follow `answered` (the answer so far, whose
         tokens `kept` end the prompt)."""
         assert self.engine is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ...errors import InvalidRequestError, SchemaTooComplexError
@@ -84,7 +85,7 @@ class Grammar:
         lib.llama_sampler_apply(self.sampler, ctypes.byref(single))
         return bool(self._one[0].logit != float("-inf"))
 
-    def force(self, tokens: list[int]) -> int:
+    def force(self, tokens: Sequence[int]) -> int:
         """Accept `tokens` in order while the grammar allows them (jump-forward); how many it accepted."""
         for count, token in enumerate(tokens):
             if not self.allows(token):
