@@ -70,7 +70,9 @@ def test_batched_greedy_differs_from_sequential_only_at_ties(model: LlamaCppMode
     assert model.engine is not None
     engine = model.engine
     greedy = SamplingSpec(0.0, 0.95)
+    aside = engine.sampled_aside
     outputs = _concurrently(lambda p: list(engine.generate(GenerationRequest(_tokens(model, p), 32, greedy))), PROMPTS)
+    assert engine.sampled_aside > aside  # half of a step's sequences are sampled on the helper thread
     for prompt, generated in zip(PROMPTS, outputs, strict=True):
         assert len(generated) == 32
         assert_greedy_up_to_a_tie(reference, _tokens(model, prompt), generated)

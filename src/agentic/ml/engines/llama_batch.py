@@ -17,6 +17,7 @@ import random
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,9 @@ class BatchEngine:
         self._wake = threading.Condition()
         self._closed = self._released = False
         self.restarts = 0  # times the worker failed outside any one sequence and started over
+        # Samples half of a step's sequences while the worker samples the rest (see _presample).
+        self._helper = ThreadPoolExecutor(1, "llama-sample") if threads > 1 else None
+        self.sampled_aside = 0  # tokens the helper sampled
         self._start_worker()
         atexit.register(self.close)  # stop the worker before llama.cpp is torn down at exit
 
@@ -183,6 +187,8 @@ class BatchEngine:
             self._released = self._closed = True
             self._wake.notify()
         self._worker.join()
+        if self._helper is not None:
+            self._helper.shutdown()
         self._lib.llama_batch_free(self._batch)
         self._lib.llama_free(self._ctx)
 
@@ -331,11 +337,11 @@ class BatchEngine:
             raise EngineFailedError(f"llama_decode failed with status {status} (KV cache full?). Lower "
                                     "MODEL_PARALLEL or the prompt sizes.")
         with self._wake:
+            outputs = [(sequence, index) for sequence, index in outputs if not sequence.channel.cancelled]
+            presampled = self._presample(outputs)
             for sequence, index in outputs:
-                if sequence.channel.cancelled:
-                    continue
                 try:
-                    tokens = self._next_tokens(sequence, index)
+                    tokens = presampled.get(sequence.seq_id) or self._next_tokens(sequence, index)
                 except Exception as exc:  # noqa: BLE001 - this sequence fails, the others go on
                     self._finish(sequence, _as_request_error(exc))
                     continue
@@ -346,6 +352,24 @@ class BatchEngine:
                     sequence.channel.put(token)
                 if lib.llama_vocab_is_eog(self._vocab, tokens[-1]) or sequence.generated >= sequence.limit:
                     self._finish(sequence)
+
+    def _presample(self, outputs: list[tuple[_Sequence, int]]) -> dict[int, list[int]]:
+        """The tokens of the sequences their sampler chain alone picks (no grammar, nothing to avoid), by slot,
+        half of them sampled on the helper thread: llama.cpp's sampler reads every logit of the vocabulary (about
+        0.8 ms a token for Gemma's 262k, 13% of a 16-sequence step), and between decodes the other core is idle.
+        Empty when fewer than two are due; the rest are sampled by `_next_tokens`."""
+        plain = [(s.seq_id, s.sampler, index) for s, index in outputs if s.grammar is None and not
+                 (s.avoid and not s.output)]
+        if len(plain) < 2 or self._helper is None:
+            return {}
+        self._lib.llama_get_logits_ith(self._ctx, plain[0][2])  # the first read reorders llama.cpp's outputs
+        theirs = self._helper.submit(self._sample, plain[:len(plain) // 2])
+        self.sampled_aside += len(plain) // 2
+        return {**self._sample(plain[len(plain) // 2:]), **theirs.result()}
+
+    def _sample(self, plain: list[tuple[int, Any, int]]) -> dict[int, list[int]]:
+        sample, ctx = self._lib.llama_sampler_sample, self._ctx
+        return {slot: [sample(sampler, ctx, index)] for slot, sampler, index in plain}
 
     def _next_tokens(self, sequence: _Sequence, index: int) -> list[int]:
         """The token sampled for `sequence` from the logits at `index`, then the text its schema forces after it."""
