@@ -8,10 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...errors import InvalidRequestError, SchemaTooComplexError
+from .top_tokens import TOKEN_DATA, sample_top
 
 __all__ = ["Grammar"]
-
-_TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]  # llama_token_data, as numpy sees it
 
 
 class Grammar:
@@ -48,17 +47,17 @@ class Grammar:
         self._n_vocab = lib.llama_vocab_n_tokens(vocab)
         self._one = (lib.llama_token_data * 1)()
         self._wide = (lib.llama_token_data * max((most for _, most in self.STEPS), default=1))()
-        self._wide_view = np.frombuffer(self._wide, dtype=_TOKEN_DATA)
+        self._wide_view = np.frombuffer(self._wide, dtype=TOKEN_DATA)
         self._all: Any = None  # the whole vocabulary's candidates, allocated on the first full mask
 
-    def sample(self, chain: Any, ctx: Any, index: int) -> int:
-        """The next token, sampled by `chain` among those the grammar allows.
+    def sample(self, chain: Any, ctx: Any, index: int, keeps: int) -> int:
+        """The next token, sampled by `chain` among those the grammar allows (`keeps`: see top_tokens.sample_top).
 
         The grammar's own work (judging, masking, advancing) is timed against the budget; sampling the
         token, which a free-text request pays too, is not.
         """
         lib = self._lib
-        token = lib.llama_sampler_sample(chain, ctx, index)
+        token = sample_top(lib, chain, ctx, index, self._n_vocab, keeps)
         started = time.perf_counter()
         token = self._judge(token, chain, ctx, index)
         self.spent += time.perf_counter() - started
@@ -109,7 +108,7 @@ class Grammar:
         self.full_masks += 1
         if self._all is None:
             self._all = (lib.llama_token_data * n)()
-            self._view = np.frombuffer(self._all, dtype=_TOKEN_DATA)
+            self._view = np.frombuffer(self._all, dtype=TOKEN_DATA)
         token = self._sample_among(chain, self._all, self._view, np.arange(n, dtype=np.int32), logits, whole=True)
         assert token is not None
         return token

@@ -27,6 +27,7 @@ from .channel import TokenChannel
 from .grammar_sampler import Grammar
 from .jump_forward import JsonJump
 from .prefix_cache import Placement, PrefixCache
+from .top_tokens import sample_top
 
 __all__ = ["BatchEngine", "Grammar", "SamplingSpec"]
 
@@ -54,6 +55,7 @@ class _Sequence:
     cached: int = 0  # leading prompt tokens whose KV cells were reused, not computed
     pending: list[int] = field(default_factory=list)  # the tokens of `output` the next step decodes
     sampler: Any = None
+    keeps: int = 0  # the likeliest tokens the sampler's first step keeps (top_tokens.sample_top)
     grammar: Grammar | None = None
     jump: JsonJump | None = None
     avoid: tuple[int, ...] = ()  # tokens never sampled first
@@ -81,6 +83,7 @@ class BatchEngine:
         self._lib = llama_cpp
         self._llama = llama
         self._vocab = llama._model.vocab
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.slots = slots
         self.context_per_slot = context_per_slot
         self.batch_size = max(batch_size, slots)
@@ -256,6 +259,7 @@ class BatchEngine:
                 continue
             try:
                 sequence.sampler = self._make_sampler(sequence.sampling)
+                sequence.keeps = 1 if sequence.sampling.temperature == 0 else max(sequence.sampling.top_k, 0)
             except Exception as exc:  # noqa: BLE001 - this request fails, the batch goes on
                 self._finish(sequence, _as_request_error(exc))
                 continue
@@ -358,7 +362,7 @@ class BatchEngine:
         half of them sampled on the helper thread: llama.cpp's sampler reads every logit of the vocabulary (about
         0.8 ms a token for Gemma's 262k, 13% of a 16-sequence step), and between decodes the other core is idle.
         Empty when fewer than two are due; the rest are sampled by `_next_tokens`."""
-        plain = [(s.seq_id, s.sampler, index) for s, index in outputs if s.grammar is None and not
+        plain = [(s.seq_id, s.sampler, index, s.keeps) for s, index in outputs if s.grammar is None and not
                  (s.avoid and not s.output)]
         if len(plain) < 2 or self._helper is None:
             return {}
@@ -367,9 +371,9 @@ class BatchEngine:
         self.sampled_aside += len(plain) // 2
         return {**self._sample(plain[len(plain) // 2:]), **theirs.result()}
 
-    def _sample(self, plain: list[tuple[int, Any, int]]) -> dict[int, list[int]]:
-        sample, ctx = self._lib.llama_sampler_sample, self._ctx
-        return {slot: [sample(sampler, ctx, index)] for slot, sampler, index in plain}
+    def _sample(self, plain: list[tuple[int, Any, int, int]]) -> dict[int, list[int]]:
+        lib, ctx, n_vocab = self._lib, self._ctx, self._n_vocab
+        return {slot: [sample_top(lib, sampler, ctx, index, n_vocab, keeps)] for slot, sampler, index, keeps in plain}
 
     def _next_tokens(self, sequence: _Sequence, index: int) -> list[int]:
         """The token sampled for `sequence` from the logits at `index`, then the text its schema forces after it."""
@@ -378,8 +382,8 @@ class BatchEngine:
             for token in sequence.avoid:  # far below any other, but not -inf: the grammar may allow nothing else
                 logits[token] = _AVOIDED
         if sequence.grammar is None:
-            return [self._lib.llama_sampler_sample(sequence.sampler, self._ctx, index)]
-        token = sequence.grammar.sample(sequence.sampler, self._ctx, index)
+            return [sample_top(self._lib, sequence.sampler, self._ctx, index, self._n_vocab, sequence.keeps)]
+        token = sequence.grammar.sample(sequence.sampler, self._ctx, index, sequence.keeps)
         if sequence.jump is None or self._lib.llama_vocab_is_eog(self._vocab, token):
             return [token]
         return [token, *self._forced(sequence, sequence.jump, sequence.grammar, token)]
