@@ -97,8 +97,12 @@ class BatchEngine:
         # llama-server has): 16 x 256 decoded together 2% faster in process, but 15 decode tokens + a 10-token
         # prompt took 108 ms instead of 80 (llama.cpp splits such a step into several ubatches), and over HTTP
         # 16 streaming clients got 0.38-0.47x llama-server's rate: a multi-stream ubatch takes only consecutive
-        # sequence ids in batch order, and `running` is in admission order. In slot order it was level with
-        # this buffer (2026-11-26, benchmarks/RESULTS.md); sort the batch by slot before trying it again.
+        # sequence ids in batch order, and `running` is in admission order. Tried again 2026-11-26 (seventh
+        # session) in slot order, a slot's prefix copied whole from a donor stream: 16 x 256 tokens 11% faster in
+        # process and 1.06x llama-server over HTTP, but `make run`'s analysis 35.4 s instead of 31.2 and
+        # structured output 1.45x llama-server instead of 2.1x: a multi-stream ubatch also takes only
+        # *consecutive* sequence ids (llama_batch_allocr::split_equal), so running slots with gaps between them
+        # (sequences ending at different times) and jump-forward's uneven token counts split a step into several.
         params.kv_unified = True
         params.swa_full = True  # sliding-window layers keep every cell, so any cached prefix can be reused
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if flash_attention
