@@ -55,10 +55,19 @@ class _Sequence:
     cached: int = 0  # leading prompt tokens whose KV cells were reused, not computed
     pending: list[int] = field(default_factory=list)  # the tokens of `output` the next step decodes
     sampler: Any = None
-    keeps: int = 0  # the likeliest tokens the sampler's first step keeps (top_tokens.sample_top)
     grammar: Grammar | None = None
     jump: JsonJump | None = None
     avoid: tuple[int, ...] = ()  # tokens never sampled first
+
+    @property
+    def keeps(self) -> int:
+        """The likeliest tokens the first step of `_make_sampler`'s chain keeps (top_tokens.sample_top)."""
+        return 1 if self.sampling.temperature == 0 else max(self.sampling.top_k, 0)
+
+    @property
+    def avoiding(self) -> bool:
+        """Whether the next token is the first, with tokens it must not be."""
+        return bool(self.avoid) and not self.output
 
 
 _AVOIDED = -1e9  # the logit of a token a sequence must not sample first
@@ -263,7 +272,6 @@ class BatchEngine:
                 continue
             try:
                 sequence.sampler = self._make_sampler(sequence.sampling)
-                sequence.keeps = 1 if sequence.sampling.temperature == 0 else max(sequence.sampling.top_k, 0)
             except Exception as exc:  # noqa: BLE001 - this request fails, the batch goes on
                 self._finish(sequence, _as_request_error(exc))
                 continue
@@ -366,8 +374,7 @@ class BatchEngine:
         half of them sampled on the helper thread: llama.cpp's sampler reads every logit of the vocabulary (about
         0.8 ms a token for Gemma's 262k, 13% of a 16-sequence step), and between decodes the other core is idle.
         Empty when fewer than two are due; the rest are sampled by `_next_tokens`."""
-        plain = [(s.seq_id, s.sampler, index, s.keeps) for s, index in outputs if s.grammar is None and not
-                 (s.avoid and not s.output)]
+        plain = [(s.seq_id, s.sampler, index, s.keeps) for s, index in outputs if s.grammar is None and not s.avoiding]
         if len(plain) < 2 or self._helper is None:
             return {}
         self._lib.llama_get_logits_ith(self._ctx, plain[0][2])  # the first read reorders llama.cpp's outputs
@@ -381,7 +388,7 @@ class BatchEngine:
 
     def _next_tokens(self, sequence: _Sequence, index: int) -> list[int]:
         """The token sampled for `sequence` from the logits at `index`, then the text its schema forces after it."""
-        if sequence.avoid and not sequence.output:
+        if sequence.avoiding:
             logits = self._lib.llama_get_logits_ith(self._ctx, index)
             for token in sequence.avoid:  # far below any other, but not -inf: the grammar may allow nothing else
                 logits[token] = _AVOIDED
@@ -426,6 +433,7 @@ class BatchEngine:
         batch.n_tokens = index + 1
 
     def _make_sampler(self, spec: SamplingSpec) -> Any:
+        """Greedy, or top-k first and then top-p, min-p, temperature, a seeded draw (`_Sequence.keeps` relies on it)."""
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if spec.temperature == 0:
