@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         True, "MODEL_FLASH_ATTENTION",
         "llama.cpp: flash attention where the build supports it (faster on long prompts; false = off).",
     )
+    model_kv_unified: bool = _field(
+        True, "MODEL_KV_UNIFIED",
+        "llama.cpp: one KV buffer for all parallel sequences: a shared prompt prefix is stored once and a step "
+        "with uneven token counts (json_schema answers) is one decode; false = one buffer per sequence, as "
+        "llama-server has: each step attends over each sequence's own cells only (faster with many long "
+        "independent answers, slower on json_schema jobs; README, 'KV layout').",
+    )
     model_jump_forward: bool = _field(
         True, "MODEL_JUMP_FORWARD",
         "llama.cpp: in a json_schema answer, write the text the schema fixes (keys, colons, the quotes that open "

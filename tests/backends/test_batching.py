@@ -18,12 +18,12 @@ PROMPTS = ["The capital of France is", "Water is made of", "Once upon a time", "
            "In 1492, Columbus", "My favourite food is", "The sun rises in the", "A good business idea is"]
 
 
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaCppModel]:
+@pytest.fixture(scope="module", params=[True, False], ids=["unified", "per-sequence"])
+def model(request: pytest.FixtureRequest) -> Iterator[LlamaCppModel]:
     # Raw llama.cpp's reference below runs without flash attention and keeps no other sequence's cells: so does
-    # this engine, for the token-for-token comparison (the prefix cache has its own tests).
+    # this engine, for the token-for-token comparison (the prefix cache has its own tests). Both KV layouts.
     with batched_llama(model_parallel=8, model_context_size=512, model_n_threads=2, model_prefix_cache=False,
-                       model_flash_attention=False) as model:
+                       model_flash_attention=False, model_kv_unified=request.param) as model:
         yield model
 
 

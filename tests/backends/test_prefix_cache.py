@@ -21,9 +21,10 @@ def _manager(**overrides: Any) -> ModelManager:
     return ModelManager(make_settings(model_parallel=4, model_context_size=1024, model_n_threads=2, **overrides))
 
 
-@pytest.fixture(scope="module")
-def cached() -> Iterator[LlamaCppModel]:
-    manager = _manager()
+@pytest.fixture(scope="module", params=[True, False], ids=["unified", "per-sequence"])
+def cached(request: pytest.FixtureRequest) -> Iterator[LlamaCppModel]:
+    """Both KV layouts: one buffer (a prefix from another slot is shared) and one stream per sequence (copied)."""
+    manager = _manager(model_kv_unified=request.param)
     model, _ = manager.get(heavy=True)
     assert isinstance(model, LlamaCppModel)
     yield model

@@ -119,7 +119,8 @@ class LlamaCppModel(Model):
             )
             self.engine = BatchEngine(self.llama, settings.model_parallel, settings.model_context_size,
                                       settings.threads, piece=self._piece, prefix_cache=settings.model_prefix_cache,
-                                      flash_attention=settings.model_flash_attention) if batched else None
+                                      flash_attention=settings.model_flash_attention,
+                                      unified=settings.model_kv_unified) if batched else None
 
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(

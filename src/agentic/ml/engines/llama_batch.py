@@ -27,6 +27,7 @@ from .channel import TokenChannel
 from .grammar_sampler import Grammar
 from .jump_forward import JsonJump
 from .prefix_cache import Placement, PrefixCache
+from .step_batch import StepBatch, gap_fillers
 from .top_tokens import sample_top
 
 __all__ = ["BatchEngine", "Grammar", "SamplingSpec"]
@@ -85,8 +86,9 @@ class BatchEngine:
 
     def __init__(self, llama: Any, slots: int, context_per_slot: int, threads: int, *,
                  piece: Callable[[int], bytes], batch_size: int = 512, prefix_cache: bool = True,
-                 flash_attention: bool = True) -> None:
-        """`piece`: a token's bytes (the backend's cached detokenizer), for jump-forward to follow the text."""
+                 flash_attention: bool = True, unified: bool = True) -> None:
+        """`piece`: a token's bytes (the backend's cached detokenizer), for jump-forward to follow the text.
+        `unified`: one KV buffer for all sequences, else one per sequence (step_batch.py says what that asks)."""
         import llama_cpp
 
         self._lib = llama_cpp
@@ -101,18 +103,12 @@ class BatchEngine:
         params.n_batch = params.n_ubatch = self.batch_size
         params.n_seq_max = slots
         params.n_threads = params.n_threads_batch = threads
-        # One buffer: a prefix shared by several sequences is stored once, and a step that mixes a prompt chunk
-        # with decode tokens is one ubatch. Measured 2026-11-25 with one stream per sequence instead (as
-        # llama-server has): 16 x 256 decoded together 2% faster in process, but 15 decode tokens + a 10-token
-        # prompt took 108 ms instead of 80 (llama.cpp splits such a step into several ubatches), and over HTTP
-        # 16 streaming clients got 0.38-0.47x llama-server's rate: a multi-stream ubatch takes only consecutive
-        # sequence ids in batch order, and `running` is in admission order. Tried again 2026-11-26 (seventh
-        # session) in slot order, a slot's prefix copied whole from a donor stream: 16 x 256 tokens 11% faster in
-        # process and 1.06x llama-server over HTTP, but `make run`'s analysis 35.4 s instead of 31.2 and
-        # structured output 1.45x llama-server instead of 2.1x: a multi-stream ubatch also takes only
-        # *consecutive* sequence ids (llama_batch_allocr::split_equal), so running slots with gaps between them
-        # (sequences ending at different times) and jump-forward's uneven token counts split a step into several.
-        params.kv_unified = True
+        # Unified (the default): a prefix shared by several sequences is stored once, and a step that mixes a
+        # prompt chunk, decode tokens and jump-forward's forced tokens is one ubatch; but every decode token's
+        # attention reads every sequence's cells (masked), about 11% of the throughput of 16 x 256-token answers
+        # (README, "KV layout"). One stream per sequence avoids that and pays in splits (step_batch.py).
+        self.unified = unified
+        params.kv_unified = unified
         params.swa_full = True  # sliding-window layers keep every cell, so any cached prefix can be reused
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if flash_attention
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
@@ -122,16 +118,19 @@ class BatchEngine:
                 f"llama.cpp could not create a context for {slots} parallel sequences of {context_per_slot} "
                 "tokens. Lower MODEL_PARALLEL or MODEL_CONTEXT_SIZE.")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(self.batch_size, 0, 1)
         self._waiting: deque[_Sequence] = deque()
         self._running: dict[int, _Sequence] = {}
-        # A quarter of the cells (at least one slot's) may stay held for reuse after their sequences end.
-        self.cache = PrefixCache(prefix_cache, budget=max(context_per_slot, slots * context_per_slot // 4))
+        # Unified: a quarter of the cells (at least one slot's) may stay held for reuse after their sequences end.
+        # Per sequence, a slot's held cells are in its own stream and cost no other sequence's decode.
+        self.cache = PrefixCache(prefix_cache, budget=max(context_per_slot, slots * context_per_slot // 4)
+                                 if unified else None, compact=not unified)
         self.forced_tokens = 0  # tokens jump-forward wrote without sampling them (the end of turn not counted)
         self._piece = piece
         self._forced_text: dict[str, list[int]] = {}  # forced text -> its tokens
         end_of_turn = llama_cpp.llama_vocab_eot(self._vocab)
         self._end = end_of_turn if end_of_turn >= 0 else llama_cpp.llama_vocab_eos(self._vocab)
+        self._batch = StepBatch(llama_cpp, self.batch_size, filler=self._end)
+        self.dripped = 0  # forced tokens fed in a later step than they were forced (per-sequence KV only)
         self._wake = threading.Condition()
         self._closed = self._released = False
         self.restarts = 0  # times the worker failed outside any one sequence and started over
@@ -205,7 +204,7 @@ class BatchEngine:
         self._worker.join()
         if self._helper is not None:
             self._helper.shutdown()
-        self._lib.llama_batch_free(self._batch)
+        self._batch.free()
         self._lib.llama_free(self._ctx)
 
     # --- the worker thread -------------------------------------------------------------------------
@@ -254,7 +253,8 @@ class BatchEngine:
                     for sequence in [*self._running.values(), *self._waiting]:
                         self._finish(sequence)
                     return
-                running = list(self._running.values())
+                running = (list(self._running.values()) if self.unified  # per stream: consecutive ids
+                           else [self._running[slot] for slot in sorted(self._running)])
             try:
                 self._step(running)
             except Exception as exc:  # noqa: BLE001 - the decode all of them shared failed
@@ -286,7 +286,11 @@ class BatchEngine:
         lib, memory, slot, keep = self._lib, self._memory, placement.slot, placement.keep
         if placement.donor is not None:
             lib.llama_memory_seq_rm(memory, slot, -1, -1)
-            lib.llama_memory_seq_cp(memory, placement.donor, slot, 0, keep)
+            if self.unified:  # the cells get one more sequence id
+                lib.llama_memory_seq_cp(memory, placement.donor, slot, 0, keep)
+            else:  # llama.cpp copies between streams only whole streams (at the next decode): copy, cut the tail
+                lib.llama_memory_seq_cp(memory, placement.donor, slot, -1, -1)
+                lib.llama_memory_seq_rm(memory, slot, keep, -1)
         elif not lib.llama_memory_seq_rm(memory, slot, keep, -1):  # a model whose cells cannot be cut: start over
             lib.llama_memory_seq_rm(memory, slot, -1, -1)
             keep = 0
@@ -322,33 +326,17 @@ class BatchEngine:
 
     def _step(self, running: list[_Sequence]) -> None:
         """One llama_decode over every running sequence, then one sampled token for each that is due."""
+        outputs = self._fill(running)
         batch, lib = self._batch, self._lib
-        batch.n_tokens = 0
-        outputs: list[tuple[_Sequence, int]] = []
-        budget = self.batch_size - sum(len(s.pending) for s in running if s.fed == len(s.prompt))
-        for sequence in running:
-            if sequence.fed < len(sequence.prompt):  # (part of) the prompt
-                take = min(len(sequence.prompt) - sequence.fed, max(budget, 0))
-                budget -= take
-                for offset in range(take):
-                    last = sequence.fed + offset == len(sequence.prompt) - 1
-                    self._add(sequence.prompt[sequence.fed + offset], sequence.fed + offset, sequence.seq_id, last)
-                sequence.fed += take
-                if take and sequence.fed == len(sequence.prompt):
-                    outputs.append((sequence, batch.n_tokens - 1))
-            else:  # the token sampled last step, and any the schema forced after it (their logits are not needed)
-                start = len(sequence.prompt) + sequence.generated - len(sequence.pending)
-                for offset, token in enumerate(sequence.pending):
-                    self._add(token, start + offset, sequence.seq_id, offset == len(sequence.pending) - 1)
-                outputs.append((sequence, batch.n_tokens - 1))
         if batch.n_tokens == 0:
             return
-        status = lib.llama_decode(self._ctx, batch)
-        if status == 1 and self.cache.holders():  # no room for the batch: free the cells kept for reuse, retry
+        status = lib.llama_decode(self._ctx, batch.batch)
+        if status == 1 and self.unified and self.cache.holders():  # no room: free the cells kept for reuse, retry
             for slot in self.cache.holders():
                 lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
             self.cache.forget()
-            status = lib.llama_decode(self._ctx, batch)
+            status = lib.llama_decode(self._ctx, batch.batch)
+        batch.drop_fillers(self._memory)
         if status != 0:
             raise EngineFailedError(f"llama_decode failed with status {status} (KV cache full?). Lower "
                                     "MODEL_PARALLEL or the prompt sizes.")
@@ -368,6 +356,41 @@ class BatchEngine:
                     sequence.channel.put(token)
                 if lib.llama_vocab_is_eog(self._vocab, tokens[-1]) or sequence.generated >= sequence.limit:
                     self._finish(sequence)
+
+    def _fill(self, running: list[_Sequence]) -> list[tuple[_Sequence, int]]:
+        """Put the step's tokens in the batch: the next prompt chunk of new sequences, the tokens sampled (and
+        forced) last step of running ones. Returns the sequences to sample, with the batch index of their logits."""
+        batch = self._batch
+        streams = not self.unified
+        held = {slot: len(tokens) for slot, tokens in self.cache.holders().items()} if streams else {}
+        longest = max((len(_in_cells(s)) + len(s.pending) for s in running), default=0)
+        batch.reset(gap_fillers([s.seq_id for s in running], held, longest) if streams else [])
+        drip = streams and len(running) > 1
+        outputs: list[tuple[_Sequence, int]] = []
+        budget = self.batch_size - sum(len(s.pending) for s in running if s.fed == len(s.prompt))
+        for sequence in running:
+            if sequence.fed < len(sequence.prompt):  # (part of) the prompt
+                take = min(len(sequence.prompt) - sequence.fed, max(budget, 0))
+                budget -= take
+                for offset in range(take):
+                    last = sequence.fed + offset == len(sequence.prompt) - 1
+                    index = batch.add(sequence.prompt[sequence.fed + offset], sequence.fed + offset,
+                                      sequence.seq_id, last)
+                sequence.fed += take
+                if take and sequence.fed == len(sequence.prompt):
+                    outputs.append((sequence, index))
+                continue
+            # the token sampled last step and any the schema forced after it (only the last one's logits matter)
+            start = len(sequence.prompt) + sequence.generated - len(sequence.pending)
+            feed = sequence.pending[:1] if drip else sequence.pending
+            for offset, token in enumerate(feed):
+                index = batch.add(token, start + offset, sequence.seq_id, offset == len(sequence.pending) - 1)
+            if len(feed) == len(sequence.pending):
+                outputs.append((sequence, index))
+            else:  # the rest next step (its cells are not written yet, so it stays pending)
+                sequence.pending = sequence.pending[1:]
+                self.dripped += 1
+        return outputs
 
     def _presample(self, outputs: list[tuple[_Sequence, int]]) -> dict[int, list[int]]:
         """The tokens of the sequences their sampler chain alone picks (no grammar, nothing to avoid), by slot,
@@ -422,15 +445,6 @@ class BatchEngine:
         if tokens is None:
             tokens = self._forced_text[text] = self._llama.tokenize(text.encode(), add_bos=False, special=False)
         return tokens
-
-    def _add(self, token: int, position: int, seq_id: int, logits: bool) -> None:
-        batch, index = self._batch, self._batch.n_tokens
-        batch.token[index] = token
-        batch.pos[index] = position
-        batch.n_seq_id[index] = 1
-        batch.seq_id[index][0] = seq_id
-        batch.logits[index] = logits
-        batch.n_tokens = index + 1
 
     def _make_sampler(self, spec: SamplingSpec) -> Any:
         """Greedy, or top-k first and then top-p, min-p, temperature, a seeded draw (`_Sequence.keeps` relies on it)."""

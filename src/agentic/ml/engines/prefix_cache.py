@@ -5,7 +5,8 @@ tokens they hold. A new prompt goes to the free slot whose cells share the longe
 only the rest of the prompt is computed. When another slot (running or free) shares a longer prefix,
 the new sequence gets those cells by `llama_memory_seq_cp`: in llama.cpp's unified KV cache that only
 adds the sequence id to the cells, so one copy of a shared system prompt serves every sequence (the
-shape of SGLang's radix cache, over slots instead of a tree). Numbers of cached tokens are reported in
+shape of SGLang's radix cache, over slots instead of a tree); with one KV stream per sequence it is a
+copy of the donor's stream. Numbers of cached tokens are reported in
 `usage.prompt_tokens_details.cached_tokens`.
 """
 
@@ -40,11 +41,14 @@ def common_prefix(cached: Sequence[int], prompt: Sequence[int], limit: int) -> i
 class PrefixCache:
     """What each free slot's cells hold, and the placement of new prompts."""
 
-    def __init__(self, enabled: bool = True, budget: int | None = None) -> None:
+    def __init__(self, enabled: bool = True, budget: int | None = None, compact: bool = False) -> None:
         """`budget`: at most this many tokens held in all (None: no limit). Every cell held widens every decode
         step's attention in a unified KV cache: measured 2026-11-26, one stream decoded ~10% slower with 19,310
-        cells held by 15 free slots than with none (scratch in-process run, 6 alternating rounds)."""
+        cells held by 15 free slots than with none (scratch in-process run, 6 alternating rounds).
+        `compact`: a new sequence takes the lowest empty slot (with one KV stream per sequence, running slots
+        with no gap between them decode in one ubatch), else the least recently used one."""
         self.enabled = enabled
+        self.compact = compact
         self.budget = budget
         self._held: dict[int, list[int]] = {}  # free slot -> tokens its cells hold (positions 0..n-1)
         self._used: dict[int, int] = {}  # slot -> when it was last given a sequence (LRU among equals)
@@ -68,7 +72,8 @@ class PrefixCache:
         if donor in self._held and keep == len(self._held[donor]):
             slot = donor
         else:
-            slot = min(free, key=lambda s: (s in self._held, self._used.get(s, -1)))
+            slot = min(free, key=lambda s: (s in self._held, s if self.compact and s not in self._held
+                                            else self._used.get(s, -1)))
         self._held.pop(slot, None)
         self._used[slot] = next(self._clock)
         return Placement(slot, keep, None if donor == slot else donor)
