@@ -158,3 +158,32 @@ def test_placement_shares_the_longest_prefix_and_keeps_what_a_slot_holds_beyond_
     off = PrefixCache(enabled=False)
     off.hold(0, [1, 2, 3])
     assert off.place([1, 2, 3, 4], free=[0], running={1: [1, 2, 3]}).keep == 0
+
+
+def test_a_sequence_cancelled_during_a_decode_holds_what_its_cells_hold(cached: LlamaCppModel,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader that stops while its last tokens are being decoded: they are in the cells all the same, and
+    the tokens the cache says the slot holds must be exactly those (a later prompt reuses them; with one KV
+    stream per sequence a filler token goes right after them). It once left the last decoded token out."""
+    import llama_cpp
+
+    engine = cached.engine
+    assert engine is not None
+    prompt = cached.llama.tokenize(f"{INSTRUCTIONS}\nIdea: a tea room\nVerdict:".encode(), add_bos=True,
+                                   special=True)
+    channel = engine.generate(GenerationRequest(prompt, 50, SamplingSpec(0.0, 1.0)))
+    decode, steps = llama_cpp.llama_decode, []
+
+    def cancelling(ctx: Any, batch: Any) -> int:
+        steps.append(batch.n_tokens)
+        if len(steps) == 3:  # the prompt, the first token, and the reader stops while the second is decoded
+            channel.close()
+        return int(decode(ctx, batch))
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", cancelling)
+    assert len(list(channel)) == 2
+    held = {slot: tokens for slot, tokens in engine.cache.holders().items() if tokens[:len(prompt)] == prompt}
+    assert len(held) == 1
+    [(slot, tokens)] = held.items()
+    assert len(tokens) == len(prompt) + 2  # the prompt, the two tokens read, the second decoded
+    assert llama_cpp.llama_memory_seq_pos_max(engine._memory, slot) + 1 == len(tokens)

@@ -18,7 +18,6 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import AgenticError, EngineFailedError, ModelClosedError, ModelLoadError
@@ -27,6 +26,7 @@ from .channel import TokenChannel
 from .grammar_sampler import Grammar
 from .jump_forward import JsonJump
 from .prefix_cache import Placement, PrefixCache
+from .sequence import AVOIDED, Sequence, in_cells
 from .step_batch import StepBatch, gap_fillers
 from .top_tokens import sample_top
 
@@ -41,44 +41,6 @@ def _as_request_error(exc: BaseException) -> AgenticError:
         return exc
     return EngineFailedError(f"llama.cpp failed on this request ({type(exc).__name__}: {str(exc)[:200]}); "
                              "other requests were not affected. Retry, or report the request if it keeps failing.")
-
-
-@dataclass
-class _Sequence:
-    prompt: list[int]
-    limit: int
-    sampling: SamplingSpec
-    channel: TokenChannel
-    seq_id: int = -1
-    fed: int = 0  # prompt tokens already decoded
-    generated: int = 0
-    output: list[int] = field(default_factory=list)  # tokens sampled so far
-    cached: int = 0  # leading prompt tokens whose KV cells were reused, not computed
-    pending: list[int] = field(default_factory=list)  # the tokens of `output` the next step decodes
-    sampler: Any = None
-    grammar: Grammar | None = None
-    jump: JsonJump | None = None
-    avoid: tuple[int, ...] = ()  # tokens never sampled first
-
-    @property
-    def keeps(self) -> int:
-        """The likeliest tokens the first step of `_make_sampler`'s chain keeps (top_tokens.sample_top)."""
-        return 1 if self.sampling.temperature == 0 else max(self.sampling.top_k, 0)
-
-    @property
-    def avoiding(self) -> bool:
-        """Whether the next token is the first, with tokens it must not be."""
-        return bool(self.avoid) and not self.output
-
-
-_AVOIDED = -1e9  # the logit of a token a sequence must not sample first
-
-
-def _in_cells(sequence: _Sequence) -> list[int]:
-    """The tokens whose KV cells the sequence holds: the prompt fed so far, then the output but its pending tokens."""
-    if sequence.fed < len(sequence.prompt):
-        return sequence.prompt[:sequence.fed]
-    return sequence.prompt + sequence.output[:len(sequence.output) - len(sequence.pending)]
 
 
 class BatchEngine:
@@ -118,8 +80,8 @@ class BatchEngine:
                 f"llama.cpp could not create a context for {slots} parallel sequences of {context_per_slot} "
                 "tokens. Lower MODEL_PARALLEL or MODEL_CONTEXT_SIZE.")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._waiting: deque[_Sequence] = deque()
-        self._running: dict[int, _Sequence] = {}
+        self._waiting: deque[Sequence] = deque()
+        self._running: dict[int, Sequence] = {}
         # Unified: a quarter of the cells (at least one slot's) may stay held for reuse after their sequences end.
         # Per sequence, a slot's held cells are in its own stream and cost no other sequence's decode.
         self.cache = PrefixCache(prefix_cache, budget=max(context_per_slot, slots * context_per_slot // 4)
@@ -154,7 +116,7 @@ class BatchEngine:
         """
         channel = TokenChannel(lambda: self._worker.is_alive(), self._nudge)
         channel.cached_tokens = 0  # until the prefix cache places it
-        sequence = _Sequence(list(request.prompt), request.limit, request.sampling, channel, grammar=grammar,
+        sequence = Sequence(list(request.prompt), request.limit, request.sampling, channel, grammar=grammar,
                              jump=jump if grammar is not None else None, avoid=avoid)
         with self._wake:
             if self._closed:
@@ -276,12 +238,12 @@ class BatchEngine:
                 self._finish(sequence, _as_request_error(exc))
                 continue
             placement = self.cache.place(sequence.prompt, free,
-                                         {slot: _in_cells(other) for slot, other in self._running.items()})
+                                         {slot: in_cells(other) for slot, other in self._running.items()})
             self._seat(sequence, placement)
             free.remove(placement.slot)
             self._running[placement.slot] = sequence
 
-    def _seat(self, sequence: _Sequence, placement: Placement) -> None:
+    def _seat(self, sequence: Sequence, placement: Placement) -> None:
         """Give `sequence` its slot's cells: the reused prefix kept (or shared from the donor), the rest dropped."""
         lib, memory, slot, keep = self._lib, self._memory, placement.slot, placement.keep
         if placement.donor is not None:
@@ -306,12 +268,12 @@ class BatchEngine:
                 self._finish(sequence)
         self._waiting = kept
 
-    def _finish(self, sequence: _Sequence, error: BaseException | None = None) -> None:
+    def _finish(self, sequence: Sequence, error: BaseException | None = None) -> None:
         """Free the sequence's KV cells and sampler; tell its reader it is over (with `error`, if it failed)."""
         if self._running.get(sequence.seq_id) is sequence:
             del self._running[sequence.seq_id]
             if error is None and self.cache.enabled:  # its cells stay, for a later prompt with that prefix
-                for slot in self.cache.hold(sequence.seq_id, _in_cells(sequence)):
+                for slot in self.cache.hold(sequence.seq_id, in_cells(sequence)):
                     self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
             else:
                 self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
@@ -324,7 +286,7 @@ class BatchEngine:
             sequence.grammar = None
         sequence.channel.end(error)
 
-    def _step(self, running: list[_Sequence]) -> None:
+    def _step(self, running: list[Sequence]) -> None:
         """One llama_decode over every running sequence, then one sampled token for each that is due."""
         outputs = self._fill(running)
         batch, lib = self._batch, self._lib
@@ -341,6 +303,8 @@ class BatchEngine:
             raise EngineFailedError(f"llama_decode failed with status {status} (KV cache full?). Lower "
                                     "MODEL_PARALLEL or the prompt sizes.")
         with self._wake:
+            for sequence, _ in outputs:  # what they had pending is in their cells now, cancelled or not
+                sequence.pending = []
             outputs = [(sequence, index) for sequence, index in outputs if not sequence.channel.cancelled]
             presampled = self._presample(outputs)
             for sequence, index in outputs:
@@ -357,16 +321,17 @@ class BatchEngine:
                 if lib.llama_vocab_is_eog(self._vocab, tokens[-1]) or sequence.generated >= sequence.limit:
                     self._finish(sequence)
 
-    def _fill(self, running: list[_Sequence]) -> list[tuple[_Sequence, int]]:
+    def _fill(self, running: list[Sequence]) -> list[tuple[Sequence, int]]:
         """Put the step's tokens in the batch: the next prompt chunk of new sequences, the tokens sampled (and
         forced) last step of running ones. Returns the sequences to sample, with the batch index of their logits."""
         batch = self._batch
         streams = not self.unified
-        held = {slot: len(tokens) for slot, tokens in self.cache.holders().items()} if streams else {}
-        longest = max((len(_in_cells(s)) + len(s.pending) for s in running), default=0)
-        batch.reset(gap_fillers([s.seq_id for s in running], held, longest) if streams else [])
+        ends = {slot: self._lib.llama_memory_seq_pos_max(self._memory, slot) + 1  # llama.cpp's own count
+                for slot in range(self.slots) if slot not in self._running} if streams else {}
+        longest = max((len(in_cells(s)) + len(s.pending) for s in running), default=0)
+        batch.reset(gap_fillers([s.seq_id for s in running], ends, longest) if streams else [])
         drip = streams and len(running) > 1
-        outputs: list[tuple[_Sequence, int]] = []
+        outputs: list[tuple[Sequence, int]] = []
         budget = self.batch_size - sum(len(s.pending) for s in running if s.fed == len(s.prompt))
         for sequence in running:
             if sequence.fed < len(sequence.prompt):  # (part of) the prompt
@@ -392,7 +357,7 @@ class BatchEngine:
                 self.dripped += 1
         return outputs
 
-    def _presample(self, outputs: list[tuple[_Sequence, int]]) -> dict[int, list[int]]:
+    def _presample(self, outputs: list[tuple[Sequence, int]]) -> dict[int, list[int]]:
         """The tokens of the sequences their sampler chain alone picks (no grammar, nothing to avoid), by slot,
         half of them sampled on the helper thread: llama.cpp's sampler reads every logit of the vocabulary (about
         0.8 ms a token for Gemma's 262k, 13% of a 16-sequence step), and between decodes the other core is idle.
@@ -409,12 +374,12 @@ class BatchEngine:
         lib, ctx, n_vocab = self._lib, self._ctx, self._n_vocab
         return {slot: [sample_top(lib, sampler, ctx, index, n_vocab, keeps)] for slot, sampler, index, keeps in plain}
 
-    def _next_tokens(self, sequence: _Sequence, index: int) -> list[int]:
+    def _next_tokens(self, sequence: Sequence, index: int) -> list[int]:
         """The token sampled for `sequence` from the logits at `index`, then the text its schema forces after it."""
         if sequence.avoiding:
             logits = self._lib.llama_get_logits_ith(self._ctx, index)
             for token in sequence.avoid:  # far below any other, but not -inf: the grammar may allow nothing else
-                logits[token] = _AVOIDED
+                logits[token] = AVOIDED
         if sequence.grammar is None:
             return [sample_top(self._lib, sequence.sampler, self._ctx, index, self._n_vocab, sequence.keeps)]
         token = sequence.grammar.sample(sequence.sampler, self._ctx, index, sequence.keeps)
@@ -422,7 +387,7 @@ class BatchEngine:
             return [token]
         return [token, *self._forced(sequence, sequence.jump, sequence.grammar, token)]
 
-    def _forced(self, sequence: _Sequence, jump: JsonJump, grammar: Grammar, token: int) -> list[int]:
+    def _forced(self, sequence: Sequence, jump: JsonJump, grammar: Grammar, token: int) -> list[int]:
         """The tokens the schema forces after `token`, each accepted by the grammar (which judges them as it
         judges sampled ones); the end of turn once the JSON is closed. Within the sequence's token limit, and its
         share of a batch (every sequence's pending tokens must fit in one: a long key name is not forced)."""
@@ -447,7 +412,7 @@ class BatchEngine:
         return tokens
 
     def _make_sampler(self, spec: SamplingSpec) -> Any:
-        """Greedy, or top-k first and then top-p, min-p, temperature, a seeded draw (`_Sequence.keeps` relies on it)."""
+        """Greedy, or top-k first and then top-p, min-p, temperature, a seeded draw (`Sequence.keeps` relies on it)."""
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if spec.temperature == 0:

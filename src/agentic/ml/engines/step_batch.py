@@ -22,8 +22,9 @@ __all__ = ["StepBatch", "gap_fillers"]
 
 def gap_fillers(running: Sequence[int], held: Mapping[int, int], longest: int) -> list[tuple[int, int]]:
     """(slot, position) of a filler for each free slot between the lowest and highest of `running` slots;
-    `held`: free slot -> cells it holds (a filler goes right after them). Empty when any of them holds more
-    than `longest` cells: widening every stream's attention to them would cost more than the split."""
+    `held`: free slot -> the position after its last cell (0: empty; a filler goes there). Empty when any of
+    them holds more than `longest` cells: widening every stream's attention to them would cost more than the
+    split."""
     if len(running) < 2:
         return []
     busy = set(running)
