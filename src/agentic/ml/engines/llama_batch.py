@@ -325,12 +325,8 @@ class BatchEngine:
         """Put the step's tokens in the batch: the next prompt chunk of new sequences, the tokens sampled (and
         forced) last step of running ones. Returns the sequences to sample, with the batch index of their logits."""
         batch = self._batch
-        streams = not self.unified
-        ends = {slot: self._lib.llama_memory_seq_pos_max(self._memory, slot) + 1  # llama.cpp's own count
-                for slot in range(self.slots) if slot not in self._running} if streams else {}
-        longest = max((len(in_cells(s)) + len(s.pending) for s in running), default=0)
-        batch.reset(gap_fillers([s.seq_id for s in running], ends, longest) if streams else [])
-        drip = streams and len(running) > 1
+        batch.reset([] if self.unified else self._gap_fillers(running))
+        drip = not self.unified and len(running) > 1
         outputs: list[tuple[Sequence, int]] = []
         budget = self.batch_size - sum(len(s.pending) for s in running if s.fed == len(s.prompt))
         for sequence in running:
@@ -356,6 +352,14 @@ class BatchEngine:
                 sequence.pending = sequence.pending[1:]
                 self.dripped += 1
         return outputs
+
+    def _gap_fillers(self, running: list[Sequence]) -> list[tuple[int, int]]:
+        """Per sequence: the fillers of the free slots between running ones (step_batch.gap_fillers), each after
+        llama.cpp's own last position in that slot."""
+        slots = [sequence.seq_id for sequence in running]
+        ends = {slot: self._lib.llama_memory_seq_pos_max(self._memory, slot) + 1
+                for slot in range(min(slots) + 1, max(slots)) if slot not in self._running}
+        return gap_fillers(slots, ends, max(sequence.extent for sequence in running))
 
     def _presample(self, outputs: list[tuple[Sequence, int]]) -> dict[int, list[int]]:
         """The tokens of the sequences their sampler chain alone picks (no grammar, nothing to avoid), by slot,

@@ -38,6 +38,12 @@ class Sequence:
         return 1 if self.sampling.temperature == 0 else max(self.sampling.top_k, 0)
 
     @property
+    def extent(self) -> int:
+        """Positions the sequence has tokens for: the prompt fed so far, or the prompt and all output (pending or
+        not); `len(in_cells(...))` plus the pending tokens, without building the list."""
+        return self.fed if self.fed < len(self.prompt) else len(self.prompt) + len(self.output)
+
+    @property
     def avoiding(self) -> bool:
         """Whether the next token is the first, with tokens it must not be."""
         return bool(self.avoid) and not self.output

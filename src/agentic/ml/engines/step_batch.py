@@ -40,10 +40,10 @@ class StepBatch:
     def __init__(self, lib: Any, size: int, filler: int) -> None:
         """`filler`: the token id filler cells hold (any valid one; their cells are removed after the decode)."""
         self._lib = lib
-        self.size = size
         self.batch = lib.llama_batch_init(size, 0, 1)
         self._filler = filler
         self.fillers: list[tuple[int, int]] = []  # (slot, position) of this step's fillers
+        self._next_filler = 0  # how many of them are in the batch
         self.filled = 0  # filler tokens decoded so far (all steps)
 
     @property
