@@ -71,13 +71,21 @@ async def test_stream_without_include_usage_has_no_usage(client: httpx.AsyncClie
     assert all("usage" not in event and event["choices"] for event in events)
 
 
+def _counter(text: str, sample: str) -> float:
+    """The value of one sample line of the metrics text (0 when absent)."""
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(sample + " ")), 0.0)
+
+
 async def test_json_schema_response_format_gives_valid_json(client: httpx.AsyncClient) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    forced = 'agentic_forced_tokens_total{backend="llama_cpp",tier="heavy"}'
+    before = _counter((await client.get("/metrics")).text, forced)
     response = await client.post("/v1/chat/completions", json={
         "model": "heavy", "messages": [{"role": "user", "content": "Name a city as JSON."}], "max_tokens": 40,
         "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}})
     content = json.loads(response.json()["choices"][0]["message"]["content"])
     assert isinstance(content["city"], str)
+    assert _counter((await client.get("/metrics")).text, forced) > before  # '{"city": "' written, not sampled
 
 
 async def test_models_lists_tiers_and_real_name(client: httpx.AsyncClient) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agentic.errors import EngineFailedError, SchemaTooComplexError
+from agentic.ml.engines import llama_batch
 from agentic.ml.gpu_model_manager import GPUModelManager, TransformersModel
 from agentic.ml.model_manager import LlamaCppModel
 from conftest import batched_llama, make_settings
@@ -58,6 +59,27 @@ def test_a_failing_sampler_fails_only_its_request(model: LlamaCppModel, monkeypa
         model.create_completion("Hi", max_tokens=8, temperature=1.25)
     bystander.join()
     assert outcome["value"]["usage"]["completion_tokens"] > 0
+    assert engine.restarts == 0 and engine.alive
+
+
+def test_a_failure_sampling_on_the_helper_thread_is_retried_one_sequence_at_a_time(
+        model: LlamaCppModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert model.engine is not None
+    engine, sample = model.engine, llama_batch.sample_top
+    injected = threading.Event()
+
+    def fails_once_aside(*args: Any) -> int:
+        if threading.current_thread().name.startswith("llama-sample") and not injected.is_set():
+            injected.set()
+            raise RuntimeError("injected")
+        return sample(*args)
+    monkeypatch.setattr(llama_batch, "sample_top", fails_once_aside)
+    running = [_in_thread(lambda: _complete(model, max_tokens=16)) for _ in range(3)]
+    for thread, _ in running:
+        thread.join()
+    assert injected.is_set()  # the helper did fail a step
+    assert [outcome.get("error") for _, outcome in running] == [None] * 3
+    assert [outcome["value"]["usage"]["completion_tokens"] for _, outcome in running] == [16] * 3
     assert engine.restarts == 0 and engine.alive
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agentic.ml.engines.prefix_cache import PrefixCache, common_prefix
+from agentic.ml.engines.prefix_cache import HostStore, PrefixCache, common_prefix
 from agentic.ml.generation import GenerationRequest, SamplingSpec
 from agentic.ml.model_manager import LlamaCppModel, ModelManager
 from conftest import assert_greedy_up_to_a_tie, make_settings
@@ -113,6 +113,8 @@ def test_a_running_sequence_shares_its_prefix_with_a_new_one(cached: LlamaCppMod
     assert cached.engine is not None
     engine = cached.engine
     engine.cache.forget()  # nothing held: only the running sequence can donate
+    if engine.stored is not None:
+        engine.stored.clear()
     for slot in range(engine.slots):
         engine._lib.llama_memory_seq_rm(engine._memory, slot, -1, -1)
     started = threading.Event()
@@ -182,8 +184,53 @@ def test_a_sequence_cancelled_during_a_decode_holds_what_its_cells_hold(cached: 
 
     monkeypatch.setattr(llama_cpp, "llama_decode", cancelling)
     assert len(list(channel)) == 2
-    held = {slot: tokens for slot, tokens in engine.cache.holders().items() if tokens[:len(prompt)] == prompt}
-    assert len(held) == 1
-    [(slot, tokens)] = held.items()
-    assert len(tokens) == len(prompt) + 2  # the prompt, the two tokens read, the second decoded
-    assert llama_cpp.llama_memory_seq_pos_max(engine._memory, slot) + 1 == len(tokens)
+    with engine._wake:  # the idle worker moves held cells to host memory only while it holds this lock
+        held = [(slot, tokens) for slot, tokens in engine.cache.holders().items() if tokens[:len(prompt)] == prompt]
+        if not held:  # already moved (one buffer): written back into a free slot, to count its cells
+            assert engine.stored is not None
+            [(tokens, blob)] = [entry for entry in engine.stored.entries() if entry[0][:len(prompt)] == prompt]
+            held = [(engine.slots - 1, tokens)]
+            assert llama_cpp.llama_state_seq_set_data(engine._ctx, blob, len(blob), held[0][0])
+        [(slot, tokens)] = held
+        assert len(tokens) == len(prompt) + 2  # the prompt, the two tokens read, the second decoded
+        assert llama_cpp.llama_memory_seq_pos_max(engine._memory, slot) + 1 == len(tokens)
+        if slot not in engine.cache.holders():
+            llama_cpp.llama_memory_seq_rm(engine._memory, slot, -1, -1)
+
+
+def test_in_one_buffer_held_cells_go_to_host_memory_when_idle_and_come_back_for_their_prefix(
+        cached: LlamaCppModel) -> None:
+    """Cells held in one KV buffer widen every decode's attention: once the engine idles they are saved to host
+    memory and freed, and a prompt with their prefix gets them written back (greedy equality: the tests above)."""
+    import llama_cpp
+
+    engine = cached.engine
+    assert engine is not None
+    if not engine.unified:
+        pytest.skip("one stream per sequence: held cells stay in their own stream")
+    assert engine.stored is not None
+    prompt, _, _ = _greedy(cached, "a seed library")
+    with engine._wake:
+        for _ in range(600):  # moved one slot each OFFLOAD_AFTER (0.1) seconds idle; a bound, not a timing
+            if not engine.cache.holders():
+                break
+            engine._wake.wait(1.0)
+    assert all(llama_cpp.llama_memory_seq_pos_max(engine._memory, slot) == -1 for slot in range(engine.slots))
+    assert any(tokens[:len(prompt)] == prompt for tokens, _ in engine.stored.entries())
+    _, _, reused = _greedy(cached, "a seed library")
+    assert reused == len(prompt) - 1
+
+
+def test_the_host_store_keeps_the_longest_prefixes_within_its_budget() -> None:
+    store = HostStore(budget=10)
+    store.add([1, 2, 3], "turn 1")
+    store.add([1, 2, 3, 4, 5], "turn 2")  # the next turn of that conversation replaces its first
+    assert store.entries() == [([1, 2, 3, 4, 5], "turn 2")]
+    store.add([7, 7, 7], "other")
+    assert store.best([1, 2, 3, 4, 9], limit=4) == (4, "turn 2")  # and it becomes the most recently used
+    assert store.best([1, 2, 3, 4, 9], limit=2) == (2, "turn 2")  # never more than the limit
+    assert store.best([5], limit=1) == (0, None)
+    store.add([8, 8, 8], "third")  # 11 > 10: the least recently used goes
+    assert [blob for _, blob in store.entries()] == ["turn 2", "third"]
+    store.add(list(range(20, 40)), "big")  # alone over the budget, the newest stays
+    assert [blob for _, blob in store.entries()] == ["big"] and store.tokens == 20

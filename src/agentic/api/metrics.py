@@ -41,24 +41,35 @@ class Metrics:
                                registry=self.registry)
         self.in_flight = Gauge("agentic_in_flight", "Requests being generated", labels, registry=self.registry)
 
-    def count_restarts(self, source: Callable[[], dict[tuple[str, str], int]]) -> None:
-        """Export agentic_engine_restarts_total{tier, backend} from `source` (read at each scrape)."""
-        self.registry.register(_RestartCollector(source))
+    def count_engines(self, source: Callable[[], dict[tuple[str, str], dict[str, int]]]) -> None:
+        """Export the engines' own counters (`ENGINE_COUNTERS`) per {tier, backend}, read from `source` at each
+        scrape: (tier, backend) -> counter name -> count."""
+        self.registry.register(_EngineCollector(source))
 
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
 
 
-class _RestartCollector:
-    """Restarts are counted by the engines themselves; this reads them when Prometheus scrapes."""
+# counter name on the model -> (metric name, help); the metric gets the suffix _total
+ENGINE_COUNTERS = {
+    "restarts": ("agentic_engine_restarts", "Model workers that failed and were restarted (their requests ended "
+                 "with 503)"),
+    "forced_tokens": ("agentic_forced_tokens", "Tokens a JSON schema forced and the engine wrote without sampling "
+                      "them (jump-forward)"),
+}
 
-    def __init__(self, source: Callable[[], dict[tuple[str, str], int]]) -> None:
+
+class _EngineCollector:
+    """The engines count these themselves; this reads them when Prometheus scrapes."""
+
+    def __init__(self, source: Callable[[], dict[tuple[str, str], dict[str, int]]]) -> None:
         self.source = source
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily("agentic_engine_restarts", "Model workers that failed and were restarted "
-                                     "(their requests ended with 503)", labels=("tier", "backend"))
-        for (tier, backend), count in self.source().items():
-            family.add_metric([tier, backend], count)
-        yield family
+        counts = self.source()
+        for counter, (name, documentation) in ENGINE_COUNTERS.items():
+            family = CounterMetricFamily(name, documentation, labels=("tier", "backend"))
+            for (tier, backend), values in counts.items():
+                family.add_metric([tier, backend], values[counter])
+            yield family

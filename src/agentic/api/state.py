@@ -13,7 +13,7 @@ from ..errors import AgenticError, ModelNotFoundError
 from ..ml.base import BaseModelManager, Model
 from ..ml.model_factory import create_model_manager
 from ..ml.tiers import TIERS, Tier
-from .metrics import Metrics
+from .metrics import ENGINE_COUNTERS, Metrics
 from .runtime import ModelGate
 from .security import check_bind_address
 
@@ -149,12 +149,13 @@ class Server:
         self.current = ServerState(settings, manager, self.metrics)
         self.env_file = env_file
         self.host = host or settings.api_host  # the address it listens on: a reload must keep it safe
-        self.metrics.count_restarts(self._restarts)
+        self.metrics.count_engines(self._engine_counts)
         self._reloading = asyncio.Lock()
 
-    def _restarts(self) -> dict[tuple[str, str], int]:
+    def _engine_counts(self) -> dict[tuple[str, str], dict[str, int]]:
         manager = self.current.manager
-        return {(tier, manager.backend): manager.restarts(tier) for tier in TIERS}
+        return {(tier, manager.backend): {counter: manager.engine_count(tier, counter) for counter in ENGINE_COUNTERS}
+                for tier in TIERS}
 
     async def reload(self) -> ServerState:
         """Re-read the settings and switch to a new manager; a bad config raises and changes nothing.

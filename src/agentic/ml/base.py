@@ -212,8 +212,13 @@ class BaseModelManager(ABC):
 
     def restarts(self, tier: Tier) -> int:
         """Times the tier's loaded model restarted its worker (0 when not loaded)."""
+        return self.engine_count(tier, "restarts")
+
+    def engine_count(self, tier: Tier, counter: str) -> int:
+        """One of the tier's loaded model's own counters (`Model.restarts`, `Model.forced_tokens`); 0 when the
+        tier is not loaded."""
         loaded = self._models.get(self.specs[tier].key)
-        return loaded[0].restarts if loaded else 0
+        return int(getattr(loaded[0], counter)) if loaded else 0
 
     def is_loaded(self, heavy: bool = True) -> bool:
         """Whether the heavy (or light) tier's model is in memory."""

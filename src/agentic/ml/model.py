@@ -248,6 +248,11 @@ class Model(ABC):
         """Times the model's worker failed and started over."""
         return 0
 
+    @property
+    def forced_tokens(self) -> int:
+        """Tokens a JSON schema forced that the model wrote without sampling them (jump-forward)."""
+        return 0
+
     def new_lock(self) -> AbstractContextManager[Any]:
         """The lock `manager.get()` hands out: one caller at a time, or `parallel` callers whose calls batch."""
         return threading.BoundedSemaphore(self.parallel) if self.parallel > 1 else threading.RLock()

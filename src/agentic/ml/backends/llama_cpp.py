@@ -29,7 +29,7 @@ from ..default_model import EMBEDDED_LABEL, embedded_model_path
 from ..embeddings import EmbeddingInput, EmbeddingModel
 from ..engines.gbnf import object_gbnf, schema_gbnf, tool_gbnf
 from ..engines.jump_forward import JsonJump
-from ..engines.llama_batch import BatchEngine
+from ..engines.llama_batch import BatchEngine, held_budget
 from ..engines.llama_embed import LlamaEmbedder
 from ..generation import GenerationRequest
 from ..gguf import check_gguf, gguf_footprint_mb
@@ -145,6 +145,11 @@ class LlamaCppModel(Model):
     def restarts(self) -> int:
         """Times the batching worker failed and started over."""
         return self.engine.restarts if self.engine else 0
+
+    @property
+    def forced_tokens(self) -> int:
+        """Tokens jump-forward wrote without sampling them (0 without the batching engine)."""
+        return self.engine.forced_tokens if self.engine else 0
 
     @property
     def threads(self) -> int:
@@ -341,8 +346,13 @@ class ModelManager(BaseModelManager):
         return resolve_gguf_path(self.settings, _PATH_SETTINGS[tier])
 
     def footprint_mb(self, spec: ModelSpec) -> float:
-        """Weights + the KV cache of MODEL_PARALLEL x MODEL_CONTEXT_SIZE tokens (+ a tenth), from the GGUF header."""
-        kv_tokens = self.settings.model_parallel * self.settings.model_context_size
+        """Weights + the KV cache of MODEL_PARALLEL x MODEL_CONTEXT_SIZE tokens (+ a tenth), from the GGUF header;
+        with one KV buffer and the prefix cache, the cells of finished sequences kept in host memory too."""
+        settings = self.settings
+        kv_tokens = settings.model_parallel * settings.model_context_size
+        if (settings.model_parallel > 1 and settings.model_kv_unified and settings.model_prefix_cache
+                and settings.model_flash_attention):
+            kv_tokens += held_budget(settings.model_parallel, settings.model_context_size)
         return gguf_footprint_mb(_import_llama_cpp(), Path(spec.key), kv_tokens)
 
     def _load(self, spec: ModelSpec) -> Model:

@@ -25,14 +25,20 @@ from ..generation import GenerationRequest, SamplingSpec
 from .channel import TokenChannel
 from .grammar_sampler import Grammar
 from .jump_forward import JsonJump
-from .prefix_cache import Placement, PrefixCache
+from .prefix_cache import HostStore, Placement, PrefixCache
 from .sequence import AVOIDED, Sequence, in_cells
 from .step_batch import StepBatch, gap_fillers
 from .top_tokens import sample_top
 
-__all__ = ["BatchEngine", "Grammar", "SamplingSpec"]
+__all__ = ["BatchEngine", "Grammar", "SamplingSpec", "held_budget"]
 
 _log = logging.getLogger(__name__)
+OFFLOAD_AFTER = 0.1  # seconds idle before held cells start going to host memory, one slot each time
+
+
+def held_budget(slots: int, context_per_slot: int) -> int:
+    """Tokens the prefix cache keeps of finished sequences in one KV buffer: a quarter of it, at least a slot's."""
+    return max(context_per_slot, slots * context_per_slot // 4)
 
 
 def _as_request_error(exc: BaseException) -> AgenticError:
@@ -82,10 +88,15 @@ class BatchEngine:
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._waiting: deque[Sequence] = deque()
         self._running: dict[int, Sequence] = {}
-        # Unified: a quarter of the cells (at least one slot's) may stay held for reuse after their sequences end.
-        # Per sequence, a slot's held cells are in its own stream and cost no other sequence's decode.
-        self.cache = PrefixCache(prefix_cache, budget=max(context_per_slot, slots * context_per_slot // 4)
-                                 if unified else None, compact=not unified)
+        # Per sequence, a slot's held cells are in its own stream and cost no other sequence's decode. Unified, up
+        # to a quarter of the cells (`held_budget`) stay held in place after their sequences end; held cells widen
+        # every decode's attention (up to the last used cell: +4% on one stream's decode after 16 x 256 answers),
+        # so once the engine idles they are saved to host memory and freed (`self.stored`, as much again), as
+        # llama-server's --cache-idle-slots does. Without flash attention llama.cpp stores V transposed, which
+        # makes saving slow: then held cells stay in place.
+        budget = held_budget(slots, context_per_slot)
+        self.stored = HostStore(budget) if unified and prefix_cache and flash_attention else None
+        self.cache = PrefixCache(prefix_cache, budget=budget if unified else None, compact=not unified)
         self.forced_tokens = 0  # tokens jump-forward wrote without sampling them (the end of turn not counted)
         self._piece = piece
         self._forced_text: dict[str, list[int]] = {}  # forced text -> its tokens
@@ -201,6 +212,8 @@ class BatchEngine:
         self._waiting.clear()
         self._lib.llama_memory_clear(self._memory, True)
         self.cache.forget()
+        if self.stored is not None:
+            self.stored.clear()
 
     def _loop(self) -> None:
         while True:
@@ -208,7 +221,8 @@ class BatchEngine:
                 self._drop_cancelled()
                 self._admit()
                 while not self._running and not self._closed:
-                    self._wake.wait()
+                    if not self._wake.wait(self._idle_wait()):  # idle that long: one held slot to host memory
+                        self._offload()
                     self._drop_cancelled()
                     self._admit()
                 if self._closed:
@@ -239,6 +253,8 @@ class BatchEngine:
                 continue
             placement = self.cache.place(sequence.prompt, free,
                                          {slot: in_cells(other) for slot, other in self._running.items()})
+            if self.stored is not None:
+                placement = self._restored(sequence.prompt, placement)
             self._seat(sequence, placement)
             free.remove(placement.slot)
             self._running[placement.slot] = sequence
@@ -258,6 +274,34 @@ class BatchEngine:
             keep = 0
         sequence.seq_id, sequence.fed, sequence.cached = slot, keep, keep
         sequence.channel.cached_tokens = keep
+
+    def _idle_wait(self) -> float | None:
+        """How long the idle worker waits for work: until it comes, or `OFFLOAD_AFTER` when held cells can go to
+        host memory."""
+        return OFFLOAD_AFTER if self.stored is not None and self.cache.holders() else None
+
+    def _offload(self) -> None:
+        """Save the least recently used held slot's cells to host memory (`self.stored`) and free them."""
+        assert self.stored is not None
+        slot, tokens = self.cache.take_oldest()
+        lib = self._lib
+        size = lib.llama_state_seq_get_size(self._ctx, slot)
+        blob = (ctypes.c_uint8 * size)()
+        if size and lib.llama_state_seq_get_data(self._ctx, blob, size, slot) == size:
+            self.stored.add(tokens, blob)
+        lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+
+    def _restored(self, prompt: list[int], placement: Placement) -> Placement:
+        """`placement`, or the slot given the saved cells of a longer prefix (written back; cut to the prefix by
+        `_seat`). Kept as it was when nothing saved is longer or llama.cpp finds no room for the cells."""
+        assert self.stored is not None
+        length, blob = self.stored.best(prompt, len(prompt) - 1)
+        if length <= placement.keep:
+            return placement
+        if not self._lib.llama_state_seq_set_data(self._ctx, blob, len(blob), placement.slot):
+            self._lib.llama_memory_seq_rm(self._memory, placement.slot, -1, -1)
+            return placement
+        return Placement(placement.slot, length)
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running.values() if s.channel.cancelled]:
@@ -365,14 +409,26 @@ class BatchEngine:
         """The tokens of the sequences their sampler chain alone picks (no grammar, nothing to avoid), by slot,
         half of them sampled on the helper thread: llama.cpp's sampler reads every logit of the vocabulary (about
         0.8 ms a token for Gemma's 262k, 13% of a 16-sequence step), and between decodes the other core is idle.
-        Empty when fewer than two are due; the rest are sampled by `_next_tokens`."""
+        Empty when fewer than two are due; the rest are sampled by `_next_tokens`, and so is a half whose sampling
+        failed (one sequence at a time, so a failure is that sequence's own error, not the step's)."""
         plain = [(s.seq_id, s.sampler, index, s.keeps) for s, index in outputs if s.grammar is None and not s.avoiding]
         if len(plain) < 2 or self._helper is None:
             return {}
         self._lib.llama_get_logits_ith(self._ctx, plain[0][2])  # the first read reorders llama.cpp's outputs
-        theirs = self._helper.submit(self._sample, plain[:len(plain) // 2])
-        self.sampled_aside += len(plain) // 2
-        return {**self._sample(plain[len(plain) // 2:]), **theirs.result()}
+        half = len(plain) // 2
+        theirs = self._helper.submit(self._sample, plain[:half])
+        try:
+            mine = self._sample(plain[half:])
+        except Exception:  # noqa: BLE001 - sampled again one by one
+            _log.warning("sampling %d sequences together failed; sampling them one by one", len(plain) - half)
+            mine = {}
+        try:
+            aside = theirs.result()  # waited for in any case: the helper must be done with the samplers
+        except Exception:  # noqa: BLE001 - sampled again one by one
+            _log.warning("sampling %d sequences on the helper thread failed; sampling them one by one", half)
+            aside = {}
+        self.sampled_aside += len(aside)
+        return {**mine, **aside}
 
     def _sample(self, plain: list[tuple[int, Any, int, int]]) -> dict[int, list[int]]:
         lib, ctx, n_vocab = self._lib, self._ctx, self._n_vocab

@@ -8,15 +8,21 @@ adds the sequence id to the cells, so one copy of a shared system prompt serves 
 shape of SGLang's radix cache, over slots instead of a tree); with one KV stream per sequence it is a
 copy of the donor's stream. Numbers of cached tokens are reported in
 `usage.prompt_tokens_details.cached_tokens`.
+
+In the unified cache, cells held in place widen every decode's attention (up to the last used cell), so the
+engine moves them to a `HostStore` once it idles: host memory, as llama.cpp's state of one sequence; a later
+prompt with that prefix gets them written back into its own cells.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Placement", "PrefixCache", "common_prefix"]
+__all__ = ["HostStore", "Placement", "PrefixCache", "common_prefix"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,11 @@ class PrefixCache:
             total -= len(self._held.pop(evicted[-1]))
         return evicted
 
+    def take_oldest(self) -> tuple[int, list[int]]:
+        """The least recently used held slot and its tokens, no longer held (the caller frees its cells)."""
+        slot = min(self._held, key=lambda s: self._used.get(s, -1))
+        return slot, self._held.pop(slot)
+
     def holders(self) -> dict[int, list[int]]:
         """Free slots whose cells hold tokens."""
         return dict(self._held)
@@ -104,3 +115,45 @@ class PrefixCache:
             self._held.clear()
         else:
             self._held.pop(slot, None)
+
+
+class HostStore:
+    """Saved KV cells of finished sequences (opaque blobs, by the tokens they hold), least recently used first
+    out once more than `budget` tokens are stored (the newest stays even alone over it)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._entries: OrderedDict[int, tuple[list[int], Any]] = OrderedDict()
+        self._keys = itertools.count()
+
+    def add(self, tokens: list[int], blob: Any) -> None:
+        """Store `blob`, the cells of `tokens`; an entry whose tokens begin this one (an earlier turn) goes."""
+        for key, (held, _) in list(self._entries.items()):
+            if len(held) <= len(tokens) and tokens[:len(held)] == held:
+                del self._entries[key]
+        self._entries[next(self._keys)] = (tokens, blob)
+        while self.tokens > self.budget and len(self._entries) > 1:
+            self._entries.popitem(last=False)
+
+    def best(self, prompt: Sequence[int], limit: int) -> tuple[int, Any]:
+        """The longest stored prefix of `prompt` (at most `limit` tokens) and its blob; (0, None) without one."""
+        length, blob, found = 0, None, None
+        for key, (tokens, entry) in self._entries.items():
+            shared = common_prefix(tokens, prompt, limit)
+            if shared > length:
+                length, blob, found = shared, entry, key
+        if found is not None:
+            self._entries.move_to_end(found)
+        return length, blob
+
+    def entries(self) -> list[tuple[list[int], Any]]:
+        """(tokens, blob) of every entry, least recently used first."""
+        return list(self._entries.values())
+
+    @property
+    def tokens(self) -> int:
+        """Tokens stored in all."""
+        return sum(len(tokens) for tokens, _ in self._entries.values())
+
+    def clear(self) -> None:
+        self._entries.clear()
