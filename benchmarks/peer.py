@@ -28,14 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import print_table  # noqa: E402
-from load import PROMPTS, Server, load, rss_mb  # noqa: E402
+from load import CLIENT, PROMPTS, Server, load, rss_mb  # noqa: E402
 
 from agentic.config import load_settings, physical_cores  # noqa: E402
 from agentic.ml.default_model import embedded_model_path  # noqa: E402
@@ -57,7 +55,7 @@ Workload = Callable[[Server], dict[str, float]]
 def chat(url: str, model: str, messages: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
     """One non-streaming chat completion on a fresh connection."""
     body = {"model": model, "messages": messages, **extra}
-    answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=900)
+    answer = CLIENT.post(f"{url}/v1/chat/completions", json=body)
     answer.raise_for_status()
     return dict(answer.json())
 
