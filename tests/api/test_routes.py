@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -220,3 +221,11 @@ async def test_ready_is_503_when_the_check_itself_fails(manager: BaseModelManage
     assert answer.status_code == 503
     assert answer.json() == {"status": "not_ready", "loaded": answer.json()["loaded"],
                              "problem": "the readiness check failed (RuntimeError)"}
+
+
+async def test_what_start_up_built_is_frozen_out_of_full_collections_while_the_app_runs() -> None:
+    app = _app(ModelManager(make_settings(model_context_size=512, model_n_threads=1)))  # closed by its lifespan
+    gc.unfreeze()
+    async with app.router.lifespan_context(app):
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0

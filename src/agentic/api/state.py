@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -178,6 +179,7 @@ class Server:
             _log.info("reloaded: backend %s -> %s, heavy %s, light %s", old.manager.backend, manager.backend,
                       manager.specs["heavy"].name, manager.specs["light"].name)
             old.retire()
+            gc.unfreeze()  # the old configuration's objects, frozen at start-up, can be collected once retired
             return self.current
 
     async def reload_logged(self) -> None:
