@@ -126,7 +126,8 @@ class Settings(BaseSettings):
     model_prefix_cache: bool = _field(
         True, "MODEL_PREFIX_CACHE",
         "llama.cpp: keep each finished sequence's KV cells and reuse the longest shared prompt prefix (from any "
-        "sequence) instead of computing it again; usage.prompt_tokens_details.cached_tokens counts the reuse.",
+        "sequence) instead of computing it again; usage.prompt_tokens_details.cached_tokens counts the reuse. With "
+        "one KV buffer, held cells move to host memory once the engine idles.",
     )
     model_flash_attention: bool = _field(
         True, "MODEL_FLASH_ATTENTION",
