@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agentic.errors import EngineFailedError, SchemaTooComplexError
-from agentic.ml.engines import llama_batch
+from agentic.ml.engines import step_sampler
 from agentic.ml.gpu_model_manager import GPUModelManager, TransformersModel
 from agentic.ml.model_manager import LlamaCppModel
 from conftest import batched_llama, make_settings
@@ -46,14 +46,14 @@ def _in_thread(function: Any) -> tuple[threading.Thread, dict[str, Any]]:
 
 def test_a_failing_sampler_fails_only_its_request(model: LlamaCppModel, monkeypatch: pytest.MonkeyPatch) -> None:
     assert model.engine is not None
-    engine, make_sampler = model.engine, model.engine._make_sampler
+    engine, make_sampler = model.engine, model.engine.sampler.make
 
     def fragile(spec: Any) -> Any:
         if spec.temperature == 1.25:  # the hostile request's marker
             raise RuntimeError("injected")
         return make_sampler(spec)
 
-    monkeypatch.setattr(engine, "_make_sampler", fragile)
+    monkeypatch.setattr(engine.sampler, "make", fragile)
     bystander, outcome = _in_thread(lambda: _complete(model, max_tokens=32))
     with pytest.raises(EngineFailedError, match="other requests were not affected"):
         model.create_completion("Hi", max_tokens=8, temperature=1.25)
@@ -65,7 +65,7 @@ def test_a_failing_sampler_fails_only_its_request(model: LlamaCppModel, monkeypa
 def test_a_failure_sampling_on_the_helper_thread_is_retried_one_sequence_at_a_time(
         model: LlamaCppModel, monkeypatch: pytest.MonkeyPatch) -> None:
     assert model.engine is not None
-    engine, sample = model.engine, llama_batch.sample_top
+    engine, sample = model.engine, step_sampler.sample_top
     injected = threading.Event()
 
     def fails_once_aside(*args: Any) -> int:
@@ -73,7 +73,7 @@ def test_a_failure_sampling_on_the_helper_thread_is_retried_one_sequence_at_a_ti
             injected.set()
             raise RuntimeError("injected")
         return sample(*args)
-    monkeypatch.setattr(llama_batch, "sample_top", fails_once_aside)
+    monkeypatch.setattr(step_sampler, "sample_top", fails_once_aside)
     running = [_in_thread(lambda: _complete(model, max_tokens=16)) for _ in range(3)]
     for thread, _ in running:
         thread.join()

@@ -3,7 +3,7 @@
 One worker thread per loaded model owns a llama.cpp context with `n_seq_max` sequences. Each step it
 admits waiting requests into free sequence ids, puts the next prompt chunk of new sequences and the
 last sampled token of running ones into one `llama_batch`, decodes once, and samples every sequence
-with its own sampler chain (temperature, top-p, seed, grammar). Tokens go back to each caller through
+with its own sampler chain (step_sampler.py: temperature, top-p, seed, grammar). Tokens go back to each caller through
 its `TokenChannel`; a caller that stops reading (stop sequence, disconnect) cancels its sequence, which
 frees its KV cells at the next step. New requests join between steps.
 """
@@ -13,11 +13,9 @@ from __future__ import annotations
 import atexit
 import ctypes
 import logging
-import random
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ...errors import AgenticError, EngineFailedError, ModelClosedError, ModelLoadError
@@ -26,9 +24,9 @@ from .channel import TokenChannel
 from .grammar_sampler import Grammar
 from .jump_forward import JsonJump
 from .prefix_cache import HostStore, Placement, PrefixCache
-from .sequence import AVOIDED, Sequence, in_cells
+from .sequence import Sequence, in_cells
 from .step_batch import StepBatch, gap_fillers
-from .top_tokens import sample_top
+from .step_sampler import StepSampler
 
 __all__ = ["BatchEngine", "Grammar", "SamplingSpec", "held_budget"]
 
@@ -62,7 +60,6 @@ class BatchEngine:
         self._lib = llama_cpp
         self._llama = llama
         self._vocab = llama._model.vocab
-        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.slots = slots
         self.context_per_slot = context_per_slot
         self.batch_size = max(batch_size, slots)
@@ -97,19 +94,16 @@ class BatchEngine:
         budget = held_budget(slots, context_per_slot)
         self.stored = HostStore(budget) if unified and prefix_cache and flash_attention else None
         self.cache = PrefixCache(prefix_cache, budget=budget if unified else None, compact=not unified)
-        self.forced_tokens = 0  # tokens jump-forward wrote without sampling them (the end of turn not counted)
-        self._piece = piece
-        self._forced_text: dict[str, list[int]] = {}  # forced text -> its tokens
         end_of_turn = llama_cpp.llama_vocab_eot(self._vocab)
         self._end = end_of_turn if end_of_turn >= 0 else llama_cpp.llama_vocab_eos(self._vocab)
+        # Samples every due sequence after each decode, half of them on a helper thread (step_sampler.py)
+        self.sampler = StepSampler(llama, self._ctx, piece=piece, end=self._end, room=self.batch_size // slots,
+                                   threads=threads)
         self._batch = StepBatch(llama_cpp, self.batch_size, filler=self._end)
         self.dripped = 0  # forced tokens fed in a later step than they were forced (per-sequence KV only)
         self._wake = threading.Condition()
         self._closed = self._released = False
         self.restarts = 0  # times the worker failed outside any one sequence and started over
-        # Samples half of a step's sequences while the worker samples the rest (see _presample).
-        self._helper = ThreadPoolExecutor(1, "llama-sample") if threads > 1 else None
-        self.sampled_aside = 0  # tokens the helper sampled
         self._start_worker()
         atexit.register(self.close)  # stop the worker before llama.cpp is torn down at exit
 
@@ -162,6 +156,16 @@ class BatchEngine:
         return int(self._lib.llama_n_ctx(self._ctx))
 
     @property
+    def forced_tokens(self) -> int:
+        """Tokens jump-forward wrote without sampling them (the end of turn not counted)."""
+        return self.sampler.forced_tokens
+
+    @property
+    def sampled_aside(self) -> int:
+        """Tokens sampled on the helper thread."""
+        return self.sampler.sampled_aside
+
+    @property
     def active(self) -> int:
         """Sequences running or waiting."""
         return len(self._running) + len(self._waiting)
@@ -175,8 +179,7 @@ class BatchEngine:
             self._released = self._closed = True
             self._wake.notify()
         self._worker.join()
-        if self._helper is not None:
-            self._helper.shutdown()
+        self.sampler.close()
         self._batch.free()
         self._lib.llama_free(self._ctx)
 
@@ -247,7 +250,7 @@ class BatchEngine:
                 self._finish(sequence)
                 continue
             try:
-                sequence.sampler = self._make_sampler(sequence.sampling)
+                sequence.sampler = self.sampler.make(sequence.sampling)
             except Exception as exc:  # noqa: BLE001 - this request fails, the batch goes on
                 self._finish(sequence, _as_request_error(exc))
                 continue
@@ -350,10 +353,10 @@ class BatchEngine:
             for sequence, _ in outputs:  # what they had pending is in their cells now, cancelled or not
                 sequence.pending = []
             outputs = [(sequence, index) for sequence, index in outputs if not sequence.channel.cancelled]
-            presampled = self._presample(outputs)
+            presampled = self.sampler.presample(outputs)
             for sequence, index in outputs:
                 try:
-                    tokens = presampled.get(sequence.seq_id) or self._next_tokens(sequence, index)
+                    tokens = presampled.get(sequence.seq_id) or self.sampler.next_tokens(sequence, index)
                 except Exception as exc:  # noqa: BLE001 - this sequence fails, the others go on
                     self._finish(sequence, _as_request_error(exc))
                     continue
@@ -404,83 +407,3 @@ class BatchEngine:
         ends = {slot: self._lib.llama_memory_seq_pos_max(self._memory, slot) + 1
                 for slot in range(min(slots) + 1, max(slots)) if slot not in self._running}
         return gap_fillers(slots, ends, max(sequence.extent for sequence in running))
-
-    def _presample(self, outputs: list[tuple[Sequence, int]]) -> dict[int, list[int]]:
-        """The tokens of the sequences their sampler chain alone picks (no grammar, nothing to avoid), by slot,
-        half of them sampled on the helper thread: llama.cpp's sampler reads every logit of the vocabulary (about
-        0.8 ms a token for Gemma's 262k, 13% of a 16-sequence step), and between decodes the other core is idle.
-        Empty when fewer than two are due; the rest are sampled by `_next_tokens`, and so is a half whose sampling
-        failed (one sequence at a time, so a failure is that sequence's own error, not the step's)."""
-        plain = [(s.seq_id, s.sampler, index, s.keeps) for s, index in outputs if s.grammar is None and not s.avoiding]
-        if len(plain) < 2 or self._helper is None:
-            return {}
-        self._lib.llama_get_logits_ith(self._ctx, plain[0][2])  # the first read reorders llama.cpp's outputs
-        half = len(plain) // 2
-        theirs = self._helper.submit(self._sample, plain[:half])
-        try:
-            mine = self._sample(plain[half:])
-        except Exception:  # noqa: BLE001 - sampled again one by one
-            _log.warning("sampling %d sequences together failed; sampling them one by one", len(plain) - half)
-            mine = {}
-        try:
-            aside = theirs.result()  # waited for in any case: the helper must be done with the samplers
-        except Exception:  # noqa: BLE001 - sampled again one by one
-            _log.warning("sampling %d sequences on the helper thread failed; sampling them one by one", half)
-            aside = {}
-        self.sampled_aside += len(aside)
-        return {**mine, **aside}
-
-    def _sample(self, plain: list[tuple[int, Any, int, int]]) -> dict[int, list[int]]:
-        lib, ctx, n_vocab = self._lib, self._ctx, self._n_vocab
-        return {slot: [sample_top(lib, sampler, ctx, index, n_vocab, keeps)] for slot, sampler, index, keeps in plain}
-
-    def _next_tokens(self, sequence: Sequence, index: int) -> list[int]:
-        """The token sampled for `sequence` from the logits at `index`, then the text its schema forces after it."""
-        if sequence.avoiding:
-            logits = self._lib.llama_get_logits_ith(self._ctx, index)
-            for token in sequence.avoid:  # far below any other, but not -inf: the grammar may allow nothing else
-                logits[token] = AVOIDED
-        if sequence.grammar is None:
-            return [sample_top(self._lib, sequence.sampler, self._ctx, index, self._n_vocab, sequence.keeps)]
-        token = sequence.grammar.sample(sequence.sampler, self._ctx, index, sequence.keeps)
-        if sequence.jump is None or self._lib.llama_vocab_is_eog(self._vocab, token):
-            return [token]
-        return [token, *self._forced(sequence, sequence.jump, sequence.grammar, token)]
-
-    def _forced(self, sequence: Sequence, jump: JsonJump, grammar: Grammar, token: int) -> list[int]:
-        """The tokens the schema forces after `token`, each accepted by the grammar (which judges them as it
-        judges sampled ones); the end of turn once the JSON is closed. Within the sequence's token limit, and its
-        share of a batch (every sequence's pending tokens must fit in one: a long key name is not forced)."""
-        jump.feed(self._piece(token).decode("utf-8", errors="ignore"))
-        text = jump.forced()
-        room = min(sequence.limit - sequence.generated, self.batch_size // self.slots) - 1
-        wanted = self._forced_tokens(text) if text else []
-        forced = wanted[:grammar.force(wanted[:room])]
-        if len(forced) < len(wanted):
-            jump.lose()  # out of step with the text: the model writes the rest
-        else:
-            jump.feed(text)
-        self.forced_tokens += len(forced)
-        if jump.done and len(forced) < room and grammar.allows(self._end):
-            forced.append(self._end)
-        return forced
-
-    def _forced_tokens(self, text: str) -> list[int]:
-        tokens = self._forced_text.get(text)
-        if tokens is None:
-            tokens = self._forced_text[text] = self._llama.tokenize(text.encode(), add_bos=False, special=False)
-        return tokens
-
-    def _make_sampler(self, spec: SamplingSpec) -> Any:
-        """Greedy, or top-k first and then top-p, min-p, temperature, a seeded draw (`Sequence.keeps` relies on it)."""
-        lib = self._lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if spec.temperature == 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            return chain
-        seed = spec.seed if spec.seed is not None else random.getrandbits(31)
-        for sampler in (lib.llama_sampler_init_top_k(spec.top_k), lib.llama_sampler_init_top_p(spec.top_p, 1),
-                        lib.llama_sampler_init_min_p(spec.min_p, 1), lib.llama_sampler_init_temp(spec.temperature),
-                        lib.llama_sampler_init_dist(ctypes.c_uint32(seed).value)):
-            lib.llama_sampler_chain_add(chain, sampler)
-        return chain

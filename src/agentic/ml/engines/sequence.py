@@ -34,7 +34,7 @@ class Sequence:
 
     @property
     def keeps(self) -> int:
-        """The likeliest tokens the first step of `BatchEngine._make_sampler`'s chain keeps (top_tokens.sample_top)."""
+        """The likeliest tokens the first step of `StepSampler.make`'s chain keeps (top_tokens.sample_top)."""
         return 1 if self.sampling.temperature == 0 else max(self.sampling.top_k, 0)
 
     @property
