@@ -74,7 +74,11 @@ class BatchEngine:
         # (README, "KV layout"). One stream per sequence avoids that and pays in splits (step_batch.py).
         self.unified = unified
         params.kv_unified = unified
-        params.swa_full = True  # sliding-window layers keep every cell, so any cached prefix can be reused
+        # Sliding-window layers (Gemma 3: 15 of 18, window 512) keep only the window behind each sequence, as in
+        # llama-server: 600 MB resident at 16 x 2048, not 954 MB with every cell kept (swa_full). A cached prefix is
+        # then reused only while the window behind it is still held (`_reaches`), and sequences sharing cells that
+        # every one of them has left behind may fill the buffer (`_decode`).
+        params.swa_full = False
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if flash_attention
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         self._ctx = llama_cpp.llama_init_from_model(llama._model.model, params)
@@ -83,6 +87,7 @@ class BatchEngine:
                 f"llama.cpp could not create a context for {slots} parallel sequences of {context_per_slot} "
                 "tokens. Lower MODEL_PARALLEL or MODEL_CONTEXT_SIZE.")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._window = max(int(llama_cpp.llama_model_n_swa(llama._model.model)), 0)  # 0: no sliding window
         self._waiting: deque[Sequence] = deque()
         self._running: dict[int, Sequence] = {}
         # Per sequence, a slot's held cells are in its own stream and cost no other sequence's decode. Unified, up
@@ -92,7 +97,7 @@ class BatchEngine:
         # llama-server's --cache-idle-slots does. Without flash attention llama.cpp stores V transposed, which
         # makes saving slow: then held cells stay in place.
         budget = held_budget(slots, context_per_slot)
-        self.stored = HostStore(budget) if unified and prefix_cache and flash_attention else None
+        self.stored = HostStore(budget, self._reaches) if unified and prefix_cache and flash_attention else None
         self.cache = PrefixCache(prefix_cache, budget=budget if unified else None, compact=not unified)
         end_of_turn = llama_cpp.llama_vocab_eot(self._vocab)
         self._end = end_of_turn if end_of_turn >= 0 else llama_cpp.llama_vocab_eos(self._vocab)
@@ -101,6 +106,7 @@ class BatchEngine:
                                    threads=threads)
         self._batch = StepBatch(llama_cpp, self.batch_size, filler=self._end)
         self.dripped = 0  # forced tokens fed in a later step than they were forced (per-sequence KV only)
+        self.unshared = 0  # sequences given cells of their own to make room (see _decode)
         self._wake = threading.Condition()
         self._closed = self._released = False
         self.restarts = 0  # times the worker failed outside any one sequence and started over
@@ -255,7 +261,8 @@ class BatchEngine:
                 self._finish(sequence, _as_request_error(exc))
                 continue
             placement = self.cache.place(sequence.prompt, free,
-                                         {slot: in_cells(other) for slot, other in self._running.items()})
+                                         {slot: in_cells(other) for slot, other in self._running.items()},
+                                         lambda slot, length: self._reaches(self._first(slot), length))
             if self.stored is not None:
                 placement = self._restored(sequence.prompt, placement)
             self._seat(sequence, placement)
@@ -269,6 +276,9 @@ class BatchEngine:
             lib.llama_memory_seq_rm(memory, slot, -1, -1)
             if self.unified:  # the cells get one more sequence id
                 lib.llama_memory_seq_cp(memory, placement.donor, slot, 0, keep)
+                sequence.shares = True
+                if placement.donor in self._running:
+                    self._running[placement.donor].shares = True
             else:  # llama.cpp copies between streams only whole streams (at the next decode): copy, cut the tail
                 lib.llama_memory_seq_cp(memory, placement.donor, slot, -1, -1)
                 lib.llama_memory_seq_rm(memory, slot, keep, -1)
@@ -277,6 +287,16 @@ class BatchEngine:
             keep = 0
         sequence.seq_id, sequence.fed, sequence.cached = slot, keep, keep
         sequence.channel.cached_tokens = keep
+
+    def _first(self, slot: int) -> int:
+        """The first position whose cells `slot` holds (-1: none)."""
+        return int(self._lib.llama_memory_seq_pos_min(self._memory, slot))
+
+    def _reaches(self, first: int, length: int) -> bool:
+        """Whether cells from position `first` on serve a sequence that goes on after its first `length` tokens: in
+        sliding-window layers its next token attends to the `window` positions behind it only (in chunked ones, to
+        fewer), the cells before those may have been given to other tokens."""
+        return 0 <= first <= max(0, length - self._window + 1) if self._window else first >= 0
 
     def _idle_wait(self) -> float | None:
         """How long the idle worker waits for work: until it comes, or `OFFLOAD_AFTER` when held cells can go to
@@ -287,12 +307,18 @@ class BatchEngine:
         """Save the least recently used held slot's cells to host memory (`self.stored`) and free them."""
         assert self.stored is not None
         slot, tokens = self.cache.take_oldest()
+        blob = self._saved(slot)
+        if blob is not None:  # llama.cpp saves the window behind the last position only: the cells before, if any
+            last = self._lib.llama_memory_seq_pos_max(self._memory, slot)  # are already given to other tokens
+            self.stored.add(tokens, blob, max(self._first(slot), last + 1 - self._window))
+        self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+
+    def _saved(self, slot: int) -> Any:
+        """llama.cpp's state of the sequence in `slot` (its cells), or None when it cannot be saved."""
         lib = self._lib
         size = lib.llama_state_seq_get_size(self._ctx, slot)
         blob = (ctypes.c_uint8 * size)()
-        if size and lib.llama_state_seq_get_data(self._ctx, blob, size, slot) == size:
-            self.stored.add(tokens, blob)
-        lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        return blob if size and lib.llama_state_seq_get_data(self._ctx, blob, size, slot) == size else None
 
     def _restored(self, prompt: list[int], placement: Placement) -> Placement:
         """`placement`, or the slot given the saved cells of a longer prefix (written back; cut to the prefix by
@@ -301,7 +327,8 @@ class BatchEngine:
         length, blob = self.stored.best(prompt, len(prompt) - 1)
         if length <= placement.keep:
             return placement
-        if not self._lib.llama_state_seq_set_data(self._ctx, blob, len(blob), placement.slot):
+        if (not self._lib.llama_state_seq_set_data(self._ctx, blob, len(blob), placement.slot)
+                or not self._reaches(self._first(placement.slot), length)):
             self._lib.llama_memory_seq_rm(self._memory, placement.slot, -1, -1)
             return placement
         return Placement(placement.slot, length)
@@ -339,12 +366,7 @@ class BatchEngine:
         batch, lib = self._batch, self._lib
         if batch.n_tokens == 0:
             return
-        status = lib.llama_decode(self._ctx, batch.batch)
-        if status == 1 and self.unified and self.cache.holders():  # no room: free the cells kept for reuse, retry
-            for slot in self.cache.holders():
-                lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
-            self.cache.forget()
-            status = lib.llama_decode(self._ctx, batch.batch)
+        status = self._decode(running)
         batch.drop_fillers(self._memory)
         if status != 0:
             raise EngineFailedError(f"llama_decode failed with status {status} (KV cache full?). Lower "
@@ -367,6 +389,36 @@ class BatchEngine:
                     sequence.channel.put(token)
                 if lib.llama_vocab_is_eog(self._vocab, tokens[-1]) or sequence.generated >= sequence.limit:
                     self._finish(sequence)
+
+    def _decode(self, running: list[Sequence]) -> int:
+        """llama_decode of the step's batch. With one KV buffer and no room (1), the cells kept for reuse go first;
+        then, youngest first, each sequence sharing cells gets a copy of its own (saved and written back): cells
+        that every sequence sharing them has left a window behind are held by none of them alone, so llama.cpp
+        cannot give them to new tokens, and the copies free them."""
+        lib, batch = self._lib, self._batch.batch
+        status = lib.llama_decode(self._ctx, batch)
+        if status != 1 or not self.unified:
+            return status
+        if self.cache.holders():
+            for slot in self.cache.holders():
+                lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+            self.cache.forget()
+            status = lib.llama_decode(self._ctx, batch)
+        for sequence in [s for s in reversed(running) if s.shares]:
+            if status != 1:
+                break
+            self._unshare(sequence)
+            status = lib.llama_decode(self._ctx, batch)
+        return status
+
+    def _unshare(self, sequence: Sequence) -> None:
+        """Give `sequence` cells of its own: its state saved, then written back into free cells."""
+        blob, slot = self._saved(sequence.seq_id), sequence.seq_id
+        if blob is None or self._lib.llama_state_seq_set_data(self._ctx, blob, len(blob), slot) != len(blob):
+            raise EngineFailedError("The KV cache has no room for this step's tokens. Lower MODEL_PARALLEL or the "
+                                    "prompt sizes, or raise MODEL_CONTEXT_SIZE.")
+        sequence.shares = False
+        self.unshared += 1
 
     def _fill(self, running: list[Sequence]) -> list[tuple[Sequence, int]]:
         """Put the step's tokens in the batch: the next prompt chunk of new sequences, the tokens sampled (and

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,10 +60,13 @@ class PrefixCache:
         self._used: dict[int, int] = {}  # slot -> when it was last given a sequence (LRU among equals)
         self._clock = itertools.count()
 
-    def place(self, prompt: Sequence[int], free: list[int], running: Mapping[int, Sequence[int]]) -> Placement:
-        """The slot for `prompt` among `free`, and the cells it can reuse (`running`: slot -> tokens in its cells).
+    def place(self, prompt: Sequence[int], free: list[int], running: Mapping[int, Sequence[int]],
+              reusable: Callable[[int, int], bool] = lambda slot, length: True) -> Placement:
+        """The slot for `prompt` among `free`, and the cells it can reuse (`running`: slot -> tokens in its cells;
+        `reusable(slot, length)`: whether the slot's cells still hold what a sequence going on from its first
+        `length` tokens needs; a sliding-window cache keeps only the window behind each sequence's last token).
 
-        The cells come from whichever slot, free or running, shares the longest prefix. The slot given is that
+        The cells come from whichever slot, free or running, shares the longest usable prefix. The slot given is that
         one when the prompt goes on from all it holds (nothing is lost), else an empty slot, else the least
         recently used: a slot whose cells the prompt shares only in part keeps them for the prompts after it,
         and a one-token match (every prompt starts with BOS) never evicts a useful prefix. The last prompt
@@ -73,7 +76,7 @@ class PrefixCache:
         keep, donor = 0, None
         for other, tokens in itertools.chain(((s, self._held.get(s, ())) for s in free), running.items()):
             length = common_prefix(tokens, prompt, limit)
-            if length > keep:
+            if length > keep and reusable(other, length):
                 keep, donor = length, other
         if donor in self._held and keep == len(self._held[donor]):
             slot = donor
@@ -119,28 +122,34 @@ class PrefixCache:
 
 class HostStore:
     """Saved KV cells of finished sequences (opaque blobs, by the tokens they hold), least recently used first
-    out once more than `budget` tokens are stored (the newest stays even alone over it)."""
+    out once more than `budget` tokens are stored (the newest stays even alone over it).
 
-    def __init__(self, budget: int) -> None:
+    `reaches(first, length)`: whether cells saved from position `first` on serve a sequence that goes on after its
+    first `length` tokens (in a sliding-window cache a saved sequence holds only the window behind its end)."""
+
+    def __init__(self, budget: int, reaches: Callable[[int, int], bool] = lambda first, length: True) -> None:
         self.budget = budget
-        self._entries: OrderedDict[int, tuple[list[int], Any]] = OrderedDict()
+        self._reaches = reaches
+        self._entries: OrderedDict[int, tuple[list[int], Any, int]] = OrderedDict()
         self._keys = itertools.count()
 
-    def add(self, tokens: list[int], blob: Any) -> None:
-        """Store `blob`, the cells of `tokens`; an entry whose tokens begin this one (an earlier turn) goes."""
-        for key, (held, _) in list(self._entries.items()):
-            if len(held) <= len(tokens) and tokens[:len(held)] == held:
+    def add(self, tokens: list[int], blob: Any, first: int = 0) -> None:
+        """Store `blob`, the cells of `tokens` from position `first` on; an entry whose tokens begin these (an earlier
+        turn) goes, unless it serves a prompt going on from all it holds and this one does not."""
+        for key, (held, _, _) in list(self._entries.items()):
+            if len(held) <= len(tokens) and tokens[:len(held)] == held and self._reaches(first, len(held)):
                 del self._entries[key]
-        self._entries[next(self._keys)] = (tokens, blob)
+        self._entries[next(self._keys)] = (tokens, blob, first)
         while self.tokens > self.budget and len(self._entries) > 1:
             self._entries.popitem(last=False)
 
     def best(self, prompt: Sequence[int], limit: int) -> tuple[int, Any]:
-        """The longest stored prefix of `prompt` (at most `limit` tokens) and its blob; (0, None) without one."""
+        """The longest stored prefix of `prompt` (at most `limit` tokens) whose cells serve it, and its blob; (0, None)
+        without one."""
         length, blob, found = 0, None, None
-        for key, (tokens, entry) in self._entries.items():
+        for key, (tokens, entry, first) in self._entries.items():
             shared = common_prefix(tokens, prompt, limit)
-            if shared > length:
+            if shared > length and self._reaches(first, shared):
                 length, blob, found = shared, entry, key
         if found is not None:
             self._entries.move_to_end(found)
@@ -148,12 +157,12 @@ class HostStore:
 
     def entries(self) -> list[tuple[list[int], Any]]:
         """(tokens, blob) of every entry, least recently used first."""
-        return list(self._entries.values())
+        return [(tokens, blob) for tokens, blob, _ in self._entries.values()]
 
     @property
     def tokens(self) -> int:
         """Tokens stored in all."""
-        return sum(len(tokens) for tokens, _ in self._entries.values())
+        return sum(len(tokens) for tokens, _, _ in self._entries.values())
 
     def clear(self) -> None:
         self._entries.clear()

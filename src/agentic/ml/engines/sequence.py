@@ -31,6 +31,7 @@ class Sequence:
     grammar: Grammar | None = None
     jump: JsonJump | None = None
     avoid: tuple[int, ...] = ()  # tokens never sampled first
+    shares: bool = False  # holds cells another sequence holds too (one KV buffer)
 
     @property
     def keeps(self) -> int:

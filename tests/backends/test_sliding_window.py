@@ -1,0 +1,122 @@
+"""The batching engine's KV buffer keeps only the window behind each sequence in sliding-window layers (Gemma 3:
+15 of 18 layers, window 512), on the real Gemma GGUF: reuse only where the window is still held, and room made
+when sequences sharing cells have all left those cells behind."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentic.ml.engines.prefix_cache import HostStore, PrefixCache
+from agentic.ml.generation import GenerationRequest, SamplingSpec
+from agentic.ml.model_manager import LlamaCppModel
+from conftest import assert_greedy_up_to_a_tie, batched_llama
+
+COUNTING = "Count on: " + ", ".join(str(n) for n in range(1, 145)) + ","  # the model goes on counting: ~640 tokens
+ANSWER = 560  # tokens each: past the point where two sequences sharing the prompt fill the window cells
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LlamaCppModel]:
+    """Two slots of 2048 tokens in one buffer: its sliding-window layers hold 1,536 cells (2 x 512 + a batch)."""
+    with batched_llama(model_parallel=2, model_context_size=2048, model_n_threads=2) as model:
+        yield model
+
+
+@pytest.fixture(scope="module")
+def reference(gemma_path: Path) -> Any:
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(gemma_path), n_ctx=2048, n_threads=2, verbose=False, logits_all=True,
+                 flash_attn=True)
+
+
+def _prompt(model: LlamaCppModel, text: str) -> list[int]:
+    return list(model.llama.tokenize(text.encode(), add_bos=True, special=True))
+
+
+def test_the_window_is_all_the_engine_keeps_of_sliding_window_layers(model: LlamaCppModel) -> None:
+    assert model.engine is not None
+    assert model.engine._window == 512
+    assert model.engine._reaches(0, 300) and model.engine._reaches(489, 1000)
+    assert not model.engine._reaches(1, 300)  # a prefix shorter than the window needs every cell from 0
+    assert not model.engine._reaches(490, 1000)  # position 1000 attends back to 489
+    assert not model.engine._reaches(-1, 10)  # no cells
+
+
+def test_two_sequences_sharing_a_prompt_past_the_window_get_cells_of_their_own(model: LlamaCppModel,
+                                                                               reference: Any) -> None:
+    """The second sequence shares the first's prompt cells (seq_cp). Once both are a window past them, no one
+    sequence holds those cells alone, so llama.cpp cannot reuse them and the buffer fills: the engine copies a
+    sequence's cells (save, write back) and both answers run to the end, greedy as computed from scratch."""
+    engine = model.engine
+    assert engine is not None
+    prompt = _prompt(model, COUNTING)
+    assert 600 < len(prompt) < 700, len(prompt)
+    before = engine.unshared
+    first = engine.generate(GenerationRequest(prompt, ANSWER, SamplingSpec(0.0, 1.0)))
+    answers: list[list[int]] = [[next(first)]]  # running: the second prompt is placed beside it, sharing
+    second = engine.generate(GenerationRequest(prompt, ANSWER, SamplingSpec(0.0, 1.0)))
+    reader = threading.Thread(target=lambda: answers[0].extend(first))
+    reader.start()
+    answers.append(list(second))
+    reader.join()
+    assert second.cached_tokens == len(prompt) - 1
+    assert [len(answer) for answer in answers] == [ANSWER, ANSWER]  # neither stopped early nor failed
+    assert engine.unshared > before
+    assert_greedy_up_to_a_tie(reference, prompt, answers[1])
+
+
+def test_a_prefix_whose_window_is_gone_is_computed_again(model: LlamaCppModel, reference: Any) -> None:
+    """Saved to host memory once the engine idles, a ~660-token sequence keeps only the window behind its end
+    (cells from ~150 on): a prompt sharing its first ~300 tokens cannot go on from those (its next token attends
+    back to position 0), so it is computed from scratch, not restored with its first cells missing."""
+    engine = model.engine
+    assert engine is not None and engine.stored is not None
+    with engine._wake:  # nothing held or stored from other tests
+        engine.cache.forget()
+        engine.stored.clear()
+        for slot in range(engine.slots):
+            engine._lib.llama_memory_seq_rm(engine._memory, slot, -1, -1)
+    long = _prompt(model, COUNTING)
+    assert len(list(engine.generate(GenerationRequest(long, 24, SamplingSpec(0.0, 1.0))))) == 24
+    with engine._wake:
+        for _ in range(600):  # moved one slot each OFFLOAD_AFTER (0.1) seconds idle; a bound, not a timing
+            if not engine.cache.holders():
+                break
+            engine._wake.wait(1.0)
+    [(tokens, _, first)] = engine.stored._entries.values()
+    assert tokens[:len(long)] == long
+    assert 100 < first < 200
+    prompt = long[:300] + _prompt(model, " ... and now backwards: 9, 8, 7,")[1:]
+    generation = engine.generate(GenerationRequest(prompt, 24, SamplingSpec(0.0, 1.0)))
+    generated = list(generation)
+    assert generation.cached_tokens == 0
+    assert_greedy_up_to_a_tie(reference, prompt, generated)
+
+
+def test_placement_skips_a_longer_prefix_whose_cells_cannot_serve() -> None:
+    cache = PrefixCache()
+    for slot, tokens in ((0, [1, 2, 3]), (1, [1, 2, 3, 4, 5])):
+        cache.place(tokens, free=[slot], running={})
+        cache.hold(slot, tokens)
+    placement = cache.place([1, 2, 3, 4, 5, 6], free=[0, 1, 2], running={},
+                            reusable=lambda slot, length: slot != 1)
+    assert (placement.keep, placement.donor) == (3, None) and placement.slot == 0
+
+
+def test_the_host_store_keeps_and_picks_the_entries_whose_cells_serve() -> None:
+    """A window of 3: cells saved from position `first` on serve a sequence going on after `length` tokens when
+    first <= length - 2 (or from 0)."""
+    store = HostStore(budget=100, reaches=lambda first, length: 0 <= first <= max(0, length - 2))
+    store.add([1, 2, 3], "turn 1", first=1)
+    store.add([1, 2, 3, 4, 5, 6], "turn 2", first=4)  # cannot serve a prompt going on after [1, 2, 3]: both kept
+    assert [blob for _, blob in store.entries()] == ["turn 1", "turn 2"]
+    assert store.best([1, 2, 3, 4, 5, 6, 7], 6) == (6, "turn 2")
+    assert store.best([1, 2, 3, 4, 9], 4) == (3, "turn 1")  # turn 2's cells start after what this prompt needs
+    store.add([1, 2, 3, 4, 5, 6, 7], "turn 2 again", first=1)  # serves both: the two earlier entries go
+    assert [blob for _, blob in store.entries()] == ["turn 2 again"]
