@@ -41,11 +41,11 @@ def _prompt(model: LlamaCppModel, text: str) -> list[int]:
 
 def test_the_window_is_all_the_engine_keeps_of_sliding_window_layers(model: LlamaCppModel) -> None:
     assert model.engine is not None
-    assert model.engine._window == 512
-    assert model.engine._reaches(0, 300) and model.engine._reaches(489, 1000)
-    assert not model.engine._reaches(1, 300)  # a prefix shorter than the window needs every cell from 0
-    assert not model.engine._reaches(490, 1000)  # position 1000 attends back to 489
-    assert not model.engine._reaches(-1, 10)  # no cells
+    assert model.engine.cells.window == 512
+    assert model.engine.cells.reaches(0, 300) and model.engine.cells.reaches(489, 1000)
+    assert not model.engine.cells.reaches(1, 300)  # a prefix shorter than the window needs every cell from 0
+    assert not model.engine.cells.reaches(490, 1000)  # position 1000 attends back to 489
+    assert not model.engine.cells.reaches(-1, 10)  # no cells
 
 
 def test_two_sequences_sharing_a_prompt_past_the_window_get_cells_of_their_own(model: LlamaCppModel,

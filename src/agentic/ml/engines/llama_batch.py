@@ -11,7 +11,6 @@ frees its KV cells at the next step. New requests join between steps.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import logging
 import threading
 from collections import deque
@@ -23,7 +22,9 @@ from ..generation import GenerationRequest, SamplingSpec
 from .channel import TokenChannel
 from .grammar_sampler import Grammar
 from .jump_forward import JsonJump
+from .kv_cells import KvCells
 from .prefix_cache import HostStore, Placement, PrefixCache
+from .runaway import RunawayGuard
 from .sequence import Sequence, in_cells
 from .step_batch import StepBatch, gap_fillers
 from .step_sampler import StepSampler
@@ -74,11 +75,7 @@ class BatchEngine:
         # (README, "KV layout"). One stream per sequence avoids that and pays in splits (step_batch.py).
         self.unified = unified
         params.kv_unified = unified
-        # Sliding-window layers (Gemma 3: 15 of 18, window 512) keep only the window behind each sequence, as in
-        # llama-server: 600 MB resident at 16 x 2048, not 954 MB with every cell kept (swa_full). A cached prefix is
-        # then reused only while the window behind it is still held (`_reaches`), and sequences sharing cells that
-        # every one of them has left behind may fill the buffer (`_decode`).
-        params.swa_full = False
+        params.swa_full = False  # sliding-window layers keep the window behind each sequence only (kv_cells.py)
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if flash_attention
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         self._ctx = llama_cpp.llama_init_from_model(llama._model.model, params)
@@ -86,8 +83,8 @@ class BatchEngine:
             raise ModelLoadError(
                 f"llama.cpp could not create a context for {slots} parallel sequences of {context_per_slot} "
                 "tokens. Lower MODEL_PARALLEL or MODEL_CONTEXT_SIZE.")
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._window = max(int(llama_cpp.llama_model_n_swa(llama._model.model)), 0)  # 0: no sliding window
+        self.cells = KvCells(llama_cpp, self._ctx, llama._model.model, unified)
+        self._memory = self.cells.memory
         self._waiting: deque[Sequence] = deque()
         self._running: dict[int, Sequence] = {}
         # Per sequence, a slot's held cells are in its own stream and cost no other sequence's decode. Unified, up
@@ -97,7 +94,7 @@ class BatchEngine:
         # llama-server's --cache-idle-slots does. Without flash attention llama.cpp stores V transposed, which
         # makes saving slow: then held cells stay in place.
         budget = held_budget(slots, context_per_slot)
-        self.stored = HostStore(budget, self._reaches) if unified and prefix_cache and flash_attention else None
+        self.stored = HostStore(budget, self.cells.reaches) if unified and prefix_cache and flash_attention else None
         self.cache = PrefixCache(prefix_cache, budget=budget if unified else None, compact=not unified)
         end_of_turn = llama_cpp.llama_vocab_eot(self._vocab)
         self._end = end_of_turn if end_of_turn >= 0 else llama_cpp.llama_vocab_eos(self._vocab)
@@ -128,7 +125,8 @@ class BatchEngine:
         channel = TokenChannel(lambda: self._worker.is_alive(), self._nudge)
         channel.cached_tokens = 0  # until the prefix cache places it
         sequence = Sequence(list(request.prompt), request.limit, request.sampling, channel, grammar=grammar,
-                             jump=jump if grammar is not None else None, avoid=avoid)
+                            jump=jump if grammar is not None else None, avoid=avoid,
+                            guard=RunawayGuard() if grammar is not None else None)
         with self._wake:
             if self._closed:
                 if grammar is not None:
@@ -219,7 +217,7 @@ class BatchEngine:
             self._finish(sequence, error)
         self._running.clear()
         self._waiting.clear()
-        self._lib.llama_memory_clear(self._memory, True)
+        self.cells.clear()
         self.cache.forget()
         if self.stored is not None:
             self.stored.clear()
@@ -262,7 +260,7 @@ class BatchEngine:
                 continue
             placement = self.cache.place(sequence.prompt, free,
                                          {slot: in_cells(other) for slot, other in self._running.items()},
-                                         lambda slot, length: self._reaches(self._first(slot), length))
+                                         self.cells.serves)
             if self.stored is not None:
                 placement = self._restored(sequence.prompt, placement)
             self._seat(sequence, placement)
@@ -271,32 +269,13 @@ class BatchEngine:
 
     def _seat(self, sequence: Sequence, placement: Placement) -> None:
         """Give `sequence` its slot's cells: the reused prefix kept (or shared from the donor), the rest dropped."""
-        lib, memory, slot, keep = self._lib, self._memory, placement.slot, placement.keep
-        if placement.donor is not None:
-            lib.llama_memory_seq_rm(memory, slot, -1, -1)
-            if self.unified:  # the cells get one more sequence id
-                lib.llama_memory_seq_cp(memory, placement.donor, slot, 0, keep)
-                sequence.shares = True
-                if placement.donor in self._running:
-                    self._running[placement.donor].shares = True
-            else:  # llama.cpp copies between streams only whole streams (at the next decode): copy, cut the tail
-                lib.llama_memory_seq_cp(memory, placement.donor, slot, -1, -1)
-                lib.llama_memory_seq_rm(memory, slot, keep, -1)
-        elif not lib.llama_memory_seq_rm(memory, slot, keep, -1):  # a model whose cells cannot be cut: start over
-            lib.llama_memory_seq_rm(memory, slot, -1, -1)
-            keep = 0
-        sequence.seq_id, sequence.fed, sequence.cached = slot, keep, keep
+        keep = self.cells.seat(placement.slot, placement.keep, placement.donor)
+        if placement.donor is not None and self.unified:  # cells held by two sequences (see _decode)
+            sequence.shares = True
+            if placement.donor in self._running:
+                self._running[placement.donor].shares = True
+        sequence.seq_id, sequence.fed, sequence.cached = placement.slot, keep, keep
         sequence.channel.cached_tokens = keep
-
-    def _first(self, slot: int) -> int:
-        """The first position whose cells `slot` holds (-1: none)."""
-        return int(self._lib.llama_memory_seq_pos_min(self._memory, slot))
-
-    def _reaches(self, first: int, length: int) -> bool:
-        """Whether cells from position `first` on serve a sequence that goes on after its first `length` tokens: in
-        sliding-window layers its next token attends to the `window` positions behind it only (in chunked ones, to
-        fewer), the cells before those may have been given to other tokens."""
-        return 0 <= first <= max(0, length - self._window + 1) if self._window else first >= 0
 
     def _idle_wait(self) -> float | None:
         """How long the idle worker waits for work: until it comes, or `OFFLOAD_AFTER` when held cells can go to
@@ -307,29 +286,17 @@ class BatchEngine:
         """Save the least recently used held slot's cells to host memory (`self.stored`) and free them."""
         assert self.stored is not None
         slot, tokens = self.cache.take_oldest()
-        blob = self._saved(slot)
-        if blob is not None:  # llama.cpp saves the window behind the last position only: the cells before, if any
-            last = self._lib.llama_memory_seq_pos_max(self._memory, slot)  # are already given to other tokens
-            self.stored.add(tokens, blob, max(self._first(slot), last + 1 - self._window))
-        self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
-
-    def _saved(self, slot: int) -> Any:
-        """llama.cpp's state of the sequence in `slot` (its cells), or None when it cannot be saved."""
-        lib = self._lib
-        size = lib.llama_state_seq_get_size(self._ctx, slot)
-        blob = (ctypes.c_uint8 * size)()
-        return blob if size and lib.llama_state_seq_get_data(self._ctx, blob, size, slot) == size else None
+        saved = self.cells.save(slot)
+        if saved is not None:
+            self.stored.add(tokens, *saved)
+        self.cells.clear(slot)
 
     def _restored(self, prompt: list[int], placement: Placement) -> Placement:
         """`placement`, or the slot given the saved cells of a longer prefix (written back; cut to the prefix by
         `_seat`). Kept as it was when nothing saved is longer or llama.cpp finds no room for the cells."""
         assert self.stored is not None
         length, blob = self.stored.best(prompt, len(prompt) - 1)
-        if length <= placement.keep:
-            return placement
-        if (not self._lib.llama_state_seq_set_data(self._ctx, blob, len(blob), placement.slot)
-                or not self._reaches(self._first(placement.slot), length)):
-            self._lib.llama_memory_seq_rm(self._memory, placement.slot, -1, -1)
+        if length <= placement.keep or not self.cells.write_back(placement.slot, blob, length):
             return placement
         return Placement(placement.slot, length)
 
@@ -348,9 +315,9 @@ class BatchEngine:
             del self._running[sequence.seq_id]
             if error is None and self.cache.enabled:  # its cells stay, for a later prompt with that prefix
                 for slot in self.cache.hold(sequence.seq_id, in_cells(sequence)):
-                    self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+                    self.cells.clear(slot)
             else:
-                self._lib.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+                self.cells.clear(sequence.seq_id)
                 self.cache.forget(sequence.seq_id)
         if sequence.sampler is not None:
             self._lib.llama_sampler_free(sequence.sampler)
@@ -401,7 +368,7 @@ class BatchEngine:
             return status
         if self.cache.holders():
             for slot in self.cache.holders():
-                lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+                self.cells.clear(slot)
             self.cache.forget()
             status = lib.llama_decode(self._ctx, batch)
         for sequence in [s for s in reversed(running) if s.shares]:
@@ -413,10 +380,9 @@ class BatchEngine:
 
     def _unshare(self, sequence: Sequence) -> None:
         """Give `sequence` cells of its own: its state saved, then written back into free cells."""
-        blob, slot = self._saved(sequence.seq_id), sequence.seq_id
-        if blob is None or self._lib.llama_state_seq_set_data(self._ctx, blob, len(blob), slot) != len(blob):
+        if not self.cells.unshare(sequence.seq_id):
             raise EngineFailedError("The KV cache has no room for this step's tokens. Lower MODEL_PARALLEL or the "
-                                    "prompt sizes, or raise MODEL_CONTEXT_SIZE.")
+                                    "prompt sizes.")
         sequence.shares = False
         self.unshared += 1
 
@@ -456,6 +422,6 @@ class BatchEngine:
         """Per sequence: the fillers of the free slots between running ones (step_batch.gap_fillers), each after
         llama.cpp's own last position in that slot."""
         slots = [sequence.seq_id for sequence in running]
-        ends = {slot: self._lib.llama_memory_seq_pos_max(self._memory, slot) + 1
+        ends = {slot: self.cells.last(slot) + 1
                 for slot in range(min(slots) + 1, max(slots)) if slot not in self._running}
         return gap_fillers(slots, ends, max(sequence.extent for sequence in running))

@@ -9,6 +9,7 @@ from ..generation import SamplingSpec
 from .channel import TokenChannel
 from .grammar_sampler import Grammar
 from .jump_forward import JsonJump
+from .runaway import RunawayGuard
 
 __all__ = ["AVOIDED", "Sequence", "in_cells"]
 
@@ -32,6 +33,7 @@ class Sequence:
     jump: JsonJump | None = None
     avoid: tuple[int, ...] = ()  # tokens never sampled first
     shares: bool = False  # holds cells another sequence holds too (one KV buffer)
+    guard: RunawayGuard | None = None  # lowers tokens that would go on repeating (answers under a grammar)
 
     @property
     def keeps(self) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 from ..generation import SamplingSpec
 from .grammar_sampler import Grammar
 from .jump_forward import JsonJump
+from .runaway import BREAKERS
 from .sequence import AVOIDED, Sequence
 from .top_tokens import sample_top
 
@@ -40,9 +41,11 @@ class StepSampler:
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._piece, self._end, self._room = piece, end, room
         self._forced_text: dict[str, list[int]] = {}  # forced text -> its tokens
+        self._breakers: dict[int, bool] = {}  # token -> whether its text holds one of runaway.BREAKERS
         self._helper = ThreadPoolExecutor(1, "llama-sample") if threads > 1 else None
         self.forced_tokens = 0  # tokens jump-forward wrote without sampling them (the end of turn not counted)
         self.sampled_aside = 0  # tokens the helper sampled
+        self.repeats_lowered = 0  # steps of structured answers in which a repeating token was lowered (runaway.py)
 
     def make(self, spec: SamplingSpec) -> Any:
         """Greedy, or top-k first and then top-p, min-p, temperature, a seeded draw (`Sequence.keeps` relies on it)."""
@@ -101,10 +104,25 @@ class StepSampler:
                 logits[token] = AVOIDED
         if sequence.grammar is None:
             return [sample_top(self._lib, sequence.sampler, self._ctx, index, self._n_vocab, sequence.keeps)]
+        if sequence.guard is not None and sequence.guard.apply(self._lib.llama_get_logits_ith(self._ctx, index)):
+            self.repeats_lowered += 1
         token = sequence.grammar.sample(sequence.sampler, self._ctx, index, sequence.keeps)
         if sequence.jump is None or self._lib.llama_vocab_is_eog(self._vocab, token):
-            return [token]
-        return [token, *self._forced(sequence, sequence.jump, sequence.grammar, token)]
+            tokens = [token]
+        else:
+            tokens = [token, *self._forced(sequence, sequence.jump, sequence.grammar, token)]
+        if sequence.guard is not None:
+            for each in tokens:
+                sequence.guard.feed(each, self._breaks(each))
+        return tokens
+
+    def _breaks(self, token: int) -> bool:
+        """Whether the token's text holds a sequence breaker (runaway.BREAKERS)."""
+        breaks = self._breakers.get(token)
+        if breaks is None:
+            text = self._piece(token).decode("utf-8", errors="ignore")
+            breaks = self._breakers[token] = any(breaker in text for breaker in BREAKERS)
+        return breaks
 
     def _forced(self, sequence: Sequence, jump: JsonJump, grammar: Grammar, token: int) -> list[int]:
         """The tokens the schema forces after `token`, each accepted by the grammar (which judges them as it
