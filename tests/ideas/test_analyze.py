@@ -239,14 +239,18 @@ def test_openai_backend_switches_format_once_under_concurrent_requests(
     assert sum("refused response_format json_schema" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_engine_grammar_shortcut_matches_the_full_mask_when_greedy() -> None:
+def test_engine_grammar_shortcut_matches_the_full_mask_when_greedy(monkeypatch: pytest.MonkeyPatch) -> None:
     """The batching engine masks only the top tokens after a refusal; greedy, that is exactly the answer of
     llama-cpp-python's own sampler, which masks the whole vocabulary every step (MODEL_PARALLEL=1).
 
     Both run with the same numerics (no flash attention, no other sequence's cells kept) and the model writing
     every token (no jump-forward), so that only the grammar path differs: either would flip a near-tie late in a
-    400-token answer."""
+    400-token answer. The engine's loop guard is off too: this greedy analysis loops (`"10000000…`), which the
+    guard ends and llama-cpp-python's sampler does not (engines/runaway.py)."""
     from agentic.ideas.analyzer import ANALYSIS_SYSTEM
+    from agentic.ml.engines.runaway import RunawayGuard
+
+    monkeypatch.setattr(RunawayGuard, "apply", lambda guard, logits: 0)
 
     def answers(manager: ModelManager) -> list[str]:
         model, _ = manager.get(heavy=True)

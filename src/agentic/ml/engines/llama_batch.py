@@ -293,12 +293,15 @@ class BatchEngine:
 
     def _restored(self, prompt: list[int], placement: Placement) -> Placement:
         """`placement`, or the slot given the saved cells of a longer prefix (written back; cut to the prefix by
-        `_seat`). Kept as it was when nothing saved is longer or llama.cpp finds no room for the cells."""
+        `_seat`). Kept as it was when nothing saved is longer; when the write-back fails (no room, or the cells do
+        not reach back a window) the slot's own cells are gone with it, so only a donor's can still be reused."""
         assert self.stored is not None
         length, blob = self.stored.best(prompt, len(prompt) - 1)
-        if length <= placement.keep or not self.cells.write_back(placement.slot, blob, length):
+        if length <= placement.keep:
             return placement
-        return Placement(placement.slot, length)
+        if self.cells.write_back(placement.slot, blob, length):
+            return Placement(placement.slot, length)
+        return placement if placement.donor is not None else Placement(placement.slot, 0)
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running.values() if s.channel.cancelled]:
