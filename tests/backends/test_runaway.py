@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from agentic.ml.engines.runaway import ALLOWED, RunawayGuard
-from agentic.ml.model_manager import LlamaCppModel
-from conftest import batched_llama
+from agentic.ml.model_manager import LlamaCppModel, ModelManager
+from conftest import batched_llama, make_settings
 
 QUOTE, ONE, ZERO, A, B, C = 1, 2, 3, 4, 5, 6
 
@@ -41,17 +42,29 @@ def test_a_breaker_is_never_lowered() -> None:
     assert guard.penalties() == {}
 
 
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaCppModel]:
-    with batched_llama(model_parallel=2, model_context_size=1024, model_n_threads=2) as model:
-        yield model
+@pytest.fixture(scope="module", params=[2, 1], ids=["batching engine", "llama-cpp-python's sampler"])
+def model(request: pytest.FixtureRequest) -> Iterator[LlamaCppModel]:
+    if request.param > 1:
+        with batched_llama(model_parallel=2, model_context_size=1024, model_n_threads=2) as model:
+            yield model
+        return
+    with ModelManager(make_settings(model_parallel=1, model_context_size=1024, model_n_threads=2)) as manager:
+        serial, _ = manager.get(heavy=True)
+        assert isinstance(serial, LlamaCppModel) and serial.engine is None
+        yield serial
 
 
-def test_a_greedy_answer_that_loops_inside_a_value_closes_by_itself(model: LlamaCppModel) -> None:
+def test_a_greedy_answer_that_loops_inside_a_value_closes_by_itself(model: LlamaCppModel,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Greedy Gemma 270M writes this number's zeros until max_tokens without the guard (invalid JSON, finish_reason
-    length); with it the string closes and the answer is valid JSON that stops by itself."""
-    assert model.engine is not None
-    lowered = model.engine.sampler.repeats_lowered
+    length); with it the string closes and the answer is valid JSON that stops by itself, on both paths."""
+    lowered: list[int] = []
+    apply = RunawayGuard.apply
+
+    def counted(guard: RunawayGuard, logits: Any) -> int:
+        lowered.append(apply(guard, logits))
+        return lowered[-1]
+    monkeypatch.setattr(RunawayGuard, "apply", counted)
     schema = {"type": "object", "properties": {"number": {"type": "string"}}, "required": ["number"]}
     result = model.create_chat_completion(
         messages=[{"role": "user", "content": "Write the number one followed by a thousand zeros, in digits."}],
@@ -61,4 +74,4 @@ def test_a_greedy_answer_that_loops_inside_a_value_closes_by_itself(model: Llama
     choice = result["choices"][0]
     assert choice["finish_reason"] == "stop", choice["message"]["content"]
     assert set(json.loads(choice["message"]["content"])) == {"number"}
-    assert model.engine.sampler.repeats_lowered > lowered
+    assert any(lowered)  # the guard did lower a repeating token

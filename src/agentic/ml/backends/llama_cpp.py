@@ -31,6 +31,7 @@ from ..engines.gbnf import object_gbnf, schema_gbnf, tool_gbnf
 from ..engines.jump_forward import JsonJump
 from ..engines.llama_batch import BatchEngine, held_budget
 from ..engines.llama_embed import LlamaEmbedder
+from ..engines.runaway import Breakers, RunawayProcessor
 from ..generation import GenerationRequest
 from ..gguf import check_gguf, gguf_footprint_mb
 from ..tiers import Tier
@@ -111,6 +112,7 @@ class LlamaCppModel(Model):
             gpu_layers = 0
         batched = settings.model_parallel > 1
         self._pieces: dict[int, bytes] = {}  # token -> its bytes, filled as tokens are first generated
+        self._breaks = Breakers(self._piece)  # for the loop guard of structured answers (engines/runaway.py)
         try:
             # With the batching engine, Llama's own context only tokenizes: keep it small.
             self.llama = llama_cpp.Llama(
@@ -199,9 +201,12 @@ class LlamaCppModel(Model):
             # Reusing a cached prompt prefix changes the logits in the last bits; a seed promises the same text.
             self.llama.reset()
         self.llama.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
+        grammar = self._grammar(params)
+        guard = [RunawayProcessor(len(request.prompt), self._breaks)] if grammar is not None else None
         generated = self.llama.generate(
             request.prompt, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
-            temp=sampling.temperature, repeat_penalty=1.0, grammar=self._grammar(params),
+            temp=sampling.temperature, repeat_penalty=1.0, grammar=grammar,
+            logits_processor=self._llama_cpp.LogitsProcessorList(guard) if guard else None,
         )
         return self._text(generated, request, params)
 

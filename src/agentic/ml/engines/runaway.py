@@ -13,9 +13,10 @@ grammar still decides what is allowed. Text that repeats fewer than `ALLOWED` to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["RunawayGuard"]
+__all__ = ["Breakers", "RunawayGuard", "RunawayProcessor"]
 
 ALLOWED = 8  # tokens a repeat may run before its next token is lowered (DRY's default is 2: ours only stops loops)
 MULTIPLIER, BASE = 0.8, 1.75  # DRY's defaults: 0.8 logits at ALLOWED, x1.75 per token after
@@ -67,3 +68,34 @@ class RunawayGuard:
         for token, penalty in lowered.items():
             logits[token] -= penalty
         return len(lowered)
+
+
+class Breakers:
+    """Whether a token's text holds one of `BREAKERS`, looked up once per token."""
+
+    def __init__(self, piece: Callable[[int], bytes]) -> None:
+        self._piece = piece
+        self._known: dict[int, bool] = {}
+
+    def __call__(self, token: int) -> bool:
+        breaks = self._known.get(token)
+        if breaks is None:
+            text = self._piece(token).decode("utf-8", errors="ignore")
+            breaks = self._known[token] = any(breaker in text for breaker in BREAKERS)
+        return breaks
+
+
+class RunawayProcessor:
+    """The guard as a llama-cpp-python logits processor (`Llama.generate`, MODEL_PARALLEL=1): each call sees the
+    tokens so far, the prompt's `prompt_length` first."""
+
+    def __init__(self, prompt_length: int, breaks: Callable[[int], bool]) -> None:
+        self._guard, self._start, self._breaks = RunawayGuard(), prompt_length, breaks
+        self._fed = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        for token in input_ids[self._start + self._fed:]:
+            self._guard.feed(int(token), self._breaks(int(token)))
+            self._fed += 1
+        self._guard.apply(scores)
+        return scores

@@ -18,7 +18,7 @@ from typing import Any
 from ..generation import SamplingSpec
 from .grammar_sampler import Grammar
 from .jump_forward import JsonJump
-from .runaway import BREAKERS
+from .runaway import Breakers
 from .sequence import AVOIDED, Sequence
 from .top_tokens import sample_top
 
@@ -41,7 +41,7 @@ class StepSampler:
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._piece, self._end, self._room = piece, end, room
         self._forced_text: dict[str, list[int]] = {}  # forced text -> its tokens
-        self._breakers: dict[int, bool] = {}  # token -> whether its text holds one of runaway.BREAKERS
+        self._breaks = Breakers(piece)  # whether a token breaks a repeat (runaway.py)
         self._helper = ThreadPoolExecutor(1, "llama-sample") if threads > 1 else None
         self.forced_tokens = 0  # tokens jump-forward wrote without sampling them (the end of turn not counted)
         self.sampled_aside = 0  # tokens the helper sampled
@@ -115,14 +115,6 @@ class StepSampler:
             for each in tokens:
                 sequence.guard.feed(each, self._breaks(each))
         return tokens
-
-    def _breaks(self, token: int) -> bool:
-        """Whether the token's text holds a sequence breaker (runaway.BREAKERS)."""
-        breaks = self._breakers.get(token)
-        if breaks is None:
-            text = self._piece(token).decode("utf-8", errors="ignore")
-            breaks = self._breakers[token] = any(breaker in text for breaker in BREAKERS)
-        return breaks
 
     def _forced(self, sequence: Sequence, jump: JsonJump, grammar: Grammar, token: int) -> list[int]:
         """The tokens the schema forces after `token`, each accepted by the grammar (which judges them as it
