@@ -116,7 +116,7 @@ def test_a_running_sequence_shares_its_prefix_with_a_new_one(cached: LlamaCppMod
     if engine.stored is not None:
         engine.stored.clear()
     for slot in range(engine.slots):
-        engine._lib.llama_memory_seq_rm(engine._memory, slot, -1, -1)
+        engine.cells.clear(slot)
     started = threading.Event()
     results: dict[str, Any] = {}
 
@@ -193,9 +193,9 @@ def test_a_sequence_cancelled_during_a_decode_holds_what_its_cells_hold(cached: 
             assert llama_cpp.llama_state_seq_set_data(engine._ctx, blob, len(blob), held[0][0])
         [(slot, tokens)] = held
         assert len(tokens) == len(prompt) + 2  # the prompt, the two tokens read, the second decoded
-        assert llama_cpp.llama_memory_seq_pos_max(engine._memory, slot) + 1 == len(tokens)
+        assert engine.cells.last(slot) + 1 == len(tokens)
         if slot not in engine.cache.holders():
-            llama_cpp.llama_memory_seq_rm(engine._memory, slot, -1, -1)
+            engine.cells.clear(slot)
 
 
 def test_in_one_buffer_held_cells_go_to_host_memory_when_idle_and_come_back_for_their_prefix(
@@ -203,7 +203,6 @@ def test_in_one_buffer_held_cells_go_to_host_memory_when_idle_and_come_back_for_
     """Cells held in one KV buffer widen every decode's attention: once the engine idles they are saved to host
     memory and freed, and a prompt with their prefix gets them written back, the same cells: the greedy answer
     after the write-back is the one computed from scratch, up to near-ties."""
-    import llama_cpp
 
     engine = cached.engine
     assert engine is not None
@@ -216,7 +215,7 @@ def test_in_one_buffer_held_cells_go_to_host_memory_when_idle_and_come_back_for_
             if not engine.cache.holders():
                 break
             engine._wake.wait(1.0)
-    assert all(llama_cpp.llama_memory_seq_pos_max(engine._memory, slot) == -1 for slot in range(engine.slots))
+    assert all(engine.cells.last(slot) == -1 for slot in range(engine.slots))
     assert any(tokens[:len(prompt)] == prompt for tokens, _ in engine.stored.entries())
     _, generated, reused = _greedy(cached, "a seed library")
     assert reused == len(prompt) - 1

@@ -81,7 +81,7 @@ def test_a_prefix_whose_window_is_gone_is_computed_again(model: LlamaCppModel, r
         engine.cache.forget()
         engine.stored.clear()
         for slot in range(engine.slots):
-            engine._lib.llama_memory_seq_rm(engine._memory, slot, -1, -1)
+            engine.cells.clear(slot)
     long = _prompt(model, COUNTING)
     assert len(list(engine.generate(GenerationRequest(long, 24, SamplingSpec(0.0, 1.0))))) == 24
     with engine._wake:

@@ -82,7 +82,7 @@ class KvCells:
     def write_back(self, slot: int, blob: Any, length: int) -> bool:
         """Write saved cells into `slot`, to serve a sequence going on after `length` tokens; False, with the slot
         empty, when llama.cpp finds no room for them or they do not reach back far enough."""
-        if self._lib.llama_state_seq_set_data(self._ctx, blob, len(blob), slot) and self.serves(slot, length):
+        if self._load(slot, blob) and self.serves(slot, length):
             return True
         self.clear(slot)
         return False
@@ -91,5 +91,8 @@ class KvCells:
         """Give the sequence in `slot` cells of its own (saved, then written back into free cells); False when that
         failed and its cells are gone."""
         saved = self.save(slot)
-        return saved is not None and self._lib.llama_state_seq_set_data(
-            self._ctx, saved[0], len(saved[0]), slot) == len(saved[0])
+        return saved is not None and self._load(slot, saved[0])
+
+    def _load(self, slot: int, blob: Any) -> bool:
+        """Write saved cells into `slot` (llama.cpp clears the slot first); whether all of them were read."""
+        return bool(self._lib.llama_state_seq_set_data(self._ctx, blob, len(blob), slot) == len(blob))

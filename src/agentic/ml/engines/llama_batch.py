@@ -84,7 +84,6 @@ class BatchEngine:
                 f"llama.cpp could not create a context for {slots} parallel sequences of {context_per_slot} "
                 "tokens. Lower MODEL_PARALLEL or MODEL_CONTEXT_SIZE.")
         self.cells = KvCells(llama_cpp, self._ctx, llama._model.model, unified)
-        self._memory = self.cells.memory
         self._waiting: deque[Sequence] = deque()
         self._running: dict[int, Sequence] = {}
         # Per sequence, a slot's held cells are in its own stream and cost no other sequence's decode. Unified, up
@@ -337,7 +336,7 @@ class BatchEngine:
         if batch.n_tokens == 0:
             return
         status = self._decode(running)
-        batch.drop_fillers(self._memory)
+        batch.drop_fillers(self.cells.memory)
         if status != 0:
             raise EngineFailedError(f"llama_decode failed with status {status} (KV cache full?). Lower "
                                     "MODEL_PARALLEL or the prompt sizes.")
