@@ -39,22 +39,22 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-# Batched or cached decode steps round differently from one raw llama.cpp call; a greedy choice may flip only
-# where the two best logits are this close. A mixed-up sequence or a wrong cache cell would be off by whole logits.
-TIE_TOLERANCE = 0.5
+# Raw llama.cpp disagrees with itself by this much: the same 8 prompts and 32 greedy tokens, evaluated in one
+# prefill and one token per decode, differ by up to 0.74 logits at the best token (2.1 at others), and a CPU with
+# other kernels rounds differently again (the CI machine: 0.64 where this one saw 0.35 at most). Errors are off by
+# whole logits: each prompt given another's answer, 6.7-15 below the best; 4 cells reused that hold other tokens,
+# 5.7-8.3. Every step is checked, not only up to the first near-tie.
+TIE_TOLERANCE = 2.0
 
 
-def assert_greedy_up_to_a_tie(reference: Any, prompt: list[int], generated: list[int]) -> None:
-    """Each token of `generated` is raw llama.cpp's greedy choice, up to a first near-tie (then texts part ways)."""
+def assert_greedy_within_a_tie(reference: Any, prompt: list[int], generated: list[int]) -> None:
+    """Each token of `generated` is within a rounding tie of raw llama.cpp's greedy choice after the same tokens."""
     reference.reset()
-    reference.eval(prompt + generated)
-    for step, token in enumerate(generated):
-        logits = np.asarray(reference.scores[len(prompt) - 1 + step])
-        best = int(logits.argmax())
-        if best != token:
-            gap = float(logits[best] - logits[token])
-            assert gap < TIE_TOLERANCE, f"step {step}: chose a token {gap:.3f} logits below the best"
-            return
+    reference.eval(prompt + generated)  # conditioned on our own tokens: after a tie both follow the same text
+    logits = np.asarray(reference.scores[len(prompt) - 1 : len(prompt) - 1 + len(generated)])
+    gaps = logits.max(axis=1) - logits[np.arange(len(generated)), generated]
+    worst = int(gaps.argmax())
+    assert gaps[worst] < TIE_TOLERANCE, f"step {worst}: chose a token {float(gaps[worst]):.3f} logits below the best"
 
 
 def make_settings(**overrides: object) -> Settings:

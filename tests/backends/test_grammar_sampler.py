@@ -23,7 +23,8 @@ IDEAS = [("Dog bakery", "Fresh treats for dogs, delivered weekly."),
 def model() -> Iterator[LlamaCppModel]:
     # No prefix cache: the second pass would find the first one's prompts cached, and a cache hit computes the rest
     # of the prompt in other batch shapes, which on AVX-512 kernels moves a near-tie (measured 2026-11-26); greedy
-    # with a hit is equal to without only up to a tie (test_prefix_cache.py). This test is about the grammar's steps.
+    # with a hit is equal to without only within a rounding tie (test_prefix_cache.py). This test is about the
+    # grammar's steps.
     with batched_llama(model_parallel=2, model_context_size=2048, model_n_threads=2, model_prefix_cache=False) as model:
         yield model
 

@@ -12,7 +12,7 @@ import pytest
 from agentic.ml.engines.prefix_cache import HostStore, PrefixCache, common_prefix
 from agentic.ml.generation import GenerationRequest, SamplingSpec
 from agentic.ml.model_manager import LlamaCppModel, ModelManager
-from conftest import assert_greedy_up_to_a_tie, make_settings
+from conftest import assert_greedy_within_a_tie, make_settings
 
 INSTRUCTIONS = "You are a careful analyst of business ideas. Judge the market, the competition and the risks. " * 12
 
@@ -58,8 +58,8 @@ def test_a_repeated_prompt_reuses_all_but_its_last_token_and_stays_greedy(cached
     prompt, first, _ = _greedy(cached, "a dog bakery")
     _, again, reused = _greedy(cached, "a dog bakery")
     assert reused == len(prompt) - 1
-    assert_greedy_up_to_a_tie(reference, prompt, first)
-    assert_greedy_up_to_a_tie(reference, prompt, again)
+    assert_greedy_within_a_tie(reference, prompt, first)
+    assert_greedy_within_a_tie(reference, prompt, again)
     assert again == first  # measured here: the same ids (a flip would need a near-tie at the first token)
 
 
@@ -67,7 +67,7 @@ def test_a_shared_prefix_is_reused_by_another_prompt(cached: LlamaCppModel, refe
     _greedy(cached, "a cat hotel")
     prompt, generated, reused = _greedy(cached, "a bicycle repair van")
     assert len(prompt) - 20 < reused < len(prompt)
-    assert_greedy_up_to_a_tie(reference, prompt, generated)
+    assert_greedy_within_a_tie(reference, prompt, generated)
 
 
 def test_held_cells_stay_within_the_budget_the_least_recently_used_going_first() -> None:
@@ -133,7 +133,7 @@ def test_a_running_sequence_shares_its_prefix_with_a_new_one(cached: LlamaCppMod
     prompt, generated, reused = _greedy(cached, "a night market")
     runner.join()
     assert len(prompt) - 20 < reused < len(prompt)
-    assert_greedy_up_to_a_tie(reference, prompt, generated)
+    assert_greedy_within_a_tie(reference, prompt, generated)
 
 
 def test_placement_shares_the_longest_prefix_and_keeps_what_a_slot_holds_beyond_it() -> None:
@@ -219,7 +219,7 @@ def test_in_one_buffer_held_cells_go_to_host_memory_when_idle_and_come_back_for_
     assert any(tokens[:len(prompt)] == prompt for tokens, _ in engine.stored.entries())
     _, generated, reused = _greedy(cached, "a seed library")
     assert reused == len(prompt) - 1
-    assert_greedy_up_to_a_tie(reference, prompt, generated)
+    assert_greedy_within_a_tie(reference, prompt, generated)
 
 
 def test_the_host_store_keeps_the_longest_prefixes_within_its_budget() -> None:
