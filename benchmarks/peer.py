@@ -17,6 +17,7 @@ as the engine instead of running our own).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -50,6 +51,7 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "category
                                            "customer": {"type": "string"}, "score": {"type": "integer"}},
           "required": ["name", "category", "customer", "score"]}
 Workload = Callable[[Server], dict[str, float]]
+_RUNS = itertools.count(1)
 
 
 def chat(url: str, model: str, messages: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
@@ -75,6 +77,27 @@ def shared_prefix(server: Server) -> dict[str, float]:
     cached = sum(_cached(a) for a in answers)
     return {"wall_s": wall, "prompt_tokens": prompt, "computed": prompt - cached,
             "tokens_per_s": sum(a["usage"]["completion_tokens"] for a in answers) / wall}
+
+
+def long_prefix(server: Server) -> dict[str, float]:
+    """8 requests one after another, each ~1,200 tokens of the same instructions (past Gemma 3's 512-token sliding
+    window) and a different idea, with 0.3 s between them (a user reading the answer; long enough for our engine
+    to move idle cells to host memory): the time the 8 requests took and prompt tokens computed. Each run's
+    instructions begin with a new number, so that no run finds an earlier one's prompts cached."""
+    instructions = f"Review number {next(_RUNS)}. " + INSTRUCTIONS * 3
+    prompt = computed = generated = 0
+    busy = 0.0
+    for idea in IDEAS[:8]:
+        started = time.perf_counter()
+        answer = chat(server.url, server.model, [{"role": "system", "content": instructions},
+                                                 {"role": "user", "content": f"Idea: {idea}."}],
+                      max_tokens=32, temperature=0.7)
+        busy += time.perf_counter() - started
+        prompt += answer["usage"]["prompt_tokens"]
+        computed += answer["usage"]["prompt_tokens"] - _cached(answer)
+        generated += answer["usage"]["completion_tokens"]
+        time.sleep(0.3)
+    return {"wall_s": busy, "prompt_tokens": prompt, "computed": computed, "tokens_per_s": generated / busy}
 
 
 def conversations(server: Server) -> dict[str, float]:
@@ -243,6 +266,7 @@ def main() -> None:
                "16 clients, 64 tokens": streaming(16, 64), "16 clients, 256 tokens": streaming(16, 256),
                "shared ~400-token prefix, 16 requests 8 at a time": shared_prefix,
                "4 conversations taking turns, 3 turns each": conversations,
+               "shared ~1,200-token prefix, 8 requests one at a time": long_prefix,
                "structured json_schema, 8 clients": structured}
     eight = {"8 clients, 64 tokens, 8 slots each": streaming(8, 64)}
     if args.only:

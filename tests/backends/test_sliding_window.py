@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agentic.ml.engines.prefix_cache import HostStore, PrefixCache
+from agentic.ml.engines.prefix_cache import CHECKPOINT_MIN, HostStore, Placement, PrefixCache
 from agentic.ml.generation import GenerationRequest, SamplingSpec
 from agentic.ml.model_manager import LlamaCppModel
 from conftest import assert_greedy_within_a_tie, batched_llama
@@ -77,18 +77,10 @@ def test_a_prefix_whose_window_is_gone_is_computed_again(model: LlamaCppModel, r
     back to position 0), so it is computed from scratch, not restored with its first cells missing."""
     engine = model.engine
     assert engine is not None and engine.stored is not None
-    with engine._wake:  # nothing held or stored from other tests
-        engine.cache.forget()
-        engine.stored.clear()
-        for slot in range(engine.slots):
-            engine.cells.clear(slot)
+    _forget_everything(engine)  # nothing held or stored from other tests
     long = _prompt(model, COUNTING)
     assert len(list(engine.generate(GenerationRequest(long, 24, SamplingSpec(0.0, 1.0))))) == 24
-    with engine._wake:
-        for _ in range(600):  # moved one slot each OFFLOAD_AFTER (0.1) seconds idle; a bound, not a timing
-            if not engine.cache.holders():
-                break
-            engine._wake.wait(1.0)
+    _idle_until_stored(engine)
     [(tokens, _, first)] = engine.stored._entries.values()
     assert tokens[:len(long)] == long
     assert 100 < first < 200
@@ -97,6 +89,72 @@ def test_a_prefix_whose_window_is_gone_is_computed_again(model: LlamaCppModel, r
     generated = list(generation)
     assert generation.cached_tokens == 0
     assert_greedy_within_a_tie(reference, prompt, generated)
+
+
+def _idle_until_stored(engine: Any) -> None:
+    """Wait until the idle engine has moved every held slot's cells to host memory."""
+    with engine._wake:
+        for _ in range(600):  # moved one slot each OFFLOAD_AFTER (0.1) seconds idle; a bound, not a timing
+            if not engine.cache.holders():
+                return
+            engine._wake.wait(1.0)
+    raise AssertionError("held cells never moved to host memory")
+
+
+def _forget_everything(engine: Any) -> None:
+    with engine._wake:
+        engine.cache.forget()
+        engine.stored.clear()
+        for slot in range(engine.slots):
+            engine.cells.clear(slot)
+
+
+def test_prompts_that_part_after_a_long_shared_prefix_save_it_where_they_part(model: LlamaCppModel,
+                                                                             reference: Any) -> None:
+    """Stored in host memory, a finished ~650-token sequence keeps only the window behind its end, so the next
+    prompt sharing its first ~640 tokens cannot go on from it: it is computed again, and its cells are saved where
+    the two prompts part. The third prompt sharing that prefix goes on from there."""
+    engine = model.engine
+    assert engine is not None and engine.stored is not None
+    _forget_everything(engine)
+    shared = _prompt(model, COUNTING)
+    prompts = [shared + _prompt(model, f" ... {word}")[1:] for word in ("first", "second", "third")]
+    before = engine.checkpoints
+    runs = []
+    for prompt in prompts:
+        generation = engine.generate(GenerationRequest(prompt, 16, SamplingSpec(0.0, 1.0)))
+        runs.append((generation, list(generation)))
+        _idle_until_stored(engine)
+    assert [generation.cached_tokens for generation, _ in runs[:2]] == [0, 0]
+    assert engine.checkpoints == before + 1
+    parted = len(shared) + 1  # " ..." is the same token in all three
+    assert any(tokens == prompts[1][:parted] for tokens, _ in engine.stored.entries())
+    assert runs[2][0].cached_tokens == parted
+    assert_greedy_within_a_tie(reference, prompts[2], runs[2][1])
+
+
+def test_a_chat_saves_its_cells_where_its_last_message_begins(model: LlamaCppModel) -> None:
+    """A long system prompt, then a question: the first request's cells are saved where the question begins, so
+    the next question after that system prompt computes only itself, though the first sequence kept only the
+    window behind its end."""
+    engine = model.engine
+    assert engine is not None and engine.stored is not None
+    _forget_everything(engine)
+    system = {"role": "system", "content": COUNTING}
+    before = engine.checkpoints
+    usages = []
+    for question in ("What comes next?", "Which number was first?"):
+        answer = model.create_chat_completion(messages=[system, {"role": "user", "content": question}],
+                                              max_tokens=8, temperature=0)
+        usages.append(answer["usage"])
+        _idle_until_stored(engine)
+    assert engine.checkpoints == before + 1
+    first, second = usages
+    assert first["prompt_tokens_details"]["cached_tokens"] == 0
+    question = len(model.llama.tokenize(b"Which number was first?", add_bos=False, special=False))
+    # all but the question and the template's few tokens after it
+    cached = second["prompt_tokens_details"]["cached_tokens"]
+    assert second["prompt_tokens"] - question - 8 <= cached < second["prompt_tokens"]
 
 
 def test_placement_skips_a_longer_prefix_whose_cells_cannot_serve() -> None:
@@ -120,3 +178,17 @@ def test_the_host_store_keeps_and_picks_the_entries_whose_cells_serve() -> None:
     assert store.best([1, 2, 3, 4, 9], 4) == (3, "turn 1")  # turn 2's cells start after what this prompt needs
     store.add([1, 2, 3, 4, 5, 6, 7], "turn 2 again", first=1)  # serves both: the two earlier entries go
     assert [blob for _, blob in store.entries()] == ["turn 2 again"]
+
+
+def test_a_checkpoint_goes_where_prompts_part_first_and_only_when_it_saves_enough() -> None:
+    store = HostStore(budget=10_000, reaches=lambda first, length: False)  # no stored cells serve
+    prompt = list(range(1000))
+    store.add(prompt[:700] + [-1], "another question", first=200)
+    seen = Placement(slot=0, keep=0, shared=500)  # a held slot shares 500 tokens
+    assert store.checkpoint_at(prompt, seen) == 700  # the longest shared prefix: the stored entry's
+    assert store.checkpoint_at(prompt, seen, parting=600) == 600  # a chat's last message begins before it
+    assert store.checkpoint_at(prompt, Placement(0, keep=620), parting=600) == 700  # 600 is reused already
+    assert store.checkpoint_at(prompt, Placement(0, keep=700 - CHECKPOINT_MIN + 1)) == 0  # too little to save
+    empty = HostStore(budget=10_000)
+    assert empty.checkpoint_at(prompt[:701], Placement(0, keep=0), parting=700) == 700
+    assert empty.checkpoint_at(prompt[:701], Placement(0, keep=0), parting=701) == 0  # the last token is computed

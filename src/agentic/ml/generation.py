@@ -193,10 +193,11 @@ class GenerationRequest:
     prompt: list[int]
     limit: int  # most tokens to generate
     sampling: SamplingSpec
+    parting: int = 0  # where prompts sharing this one's start likely part (a chat's last message); 0: unknown
 
     @classmethod
     def resolve(cls, prompt: list[int], params: GenerationParams, context_size: int,
-                what: str = "prompt") -> GenerationRequest:
+                what: str = "prompt", parting: int = 0) -> GenerationRequest:
         """The generation budget, the one place it is worked out.
 
         A prompt that leaves no room is refused (never truncated); max_tokens is then capped by the room
@@ -206,7 +207,7 @@ class GenerationRequest:
         check_context(len(prompt), context_size, what)
         room = context_size - len(prompt)
         sampling = SamplingSpec(params.temperature, params.top_p, params.seed)
-        return cls(list(prompt), min(params.max_tokens or room, room), sampling)
+        return cls(list(prompt), min(params.max_tokens or room, room), sampling, parting)
 
 
 def close_iterator(iterator: object) -> None:

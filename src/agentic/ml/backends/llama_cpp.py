@@ -6,8 +6,10 @@ paths do not exist, the embedded Gemma 3 270M serves both tiers (loaded once, sh
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +33,7 @@ from ..engines.gbnf import object_gbnf, schema_gbnf, tool_gbnf
 from ..engines.jump_forward import JsonJump
 from ..engines.llama_batch import BatchEngine, held_budget
 from ..engines.llama_embed import LlamaEmbedder
+from ..engines.prefix_cache import CHECKPOINT_MIN, common_prefix
 from ..engines.runaway import Breakers, RunawayProcessor
 from ..generation import GenerationRequest
 from ..gguf import check_gguf, gguf_footprint_mb
@@ -112,6 +115,7 @@ class LlamaCppModel(Model):
             gpu_layers = 0
         batched = settings.model_parallel > 1
         self._pieces: dict[int, bytes] = {}  # token -> its bytes, filled as tokens are first generated
+        self._cuts: OrderedDict[str, list[int]] = OrderedDict()  # a chat's tokens up to its last message (_parting)
         self._breaks = Breakers(self._piece)  # for the loop guard of structured answers (engines/runaway.py)
         try:
             # With the batching engine, Llama's own context only tokenizes: keep it small.
@@ -189,11 +193,28 @@ class LlamaCppModel(Model):
         kept = self._tokenize(answered, False) if answered else []
         tokens = self.template.tokenize(messages, self._tokenize, bos, tools) + kept
         return self._generate(tokens, replace(params, stop=params.stop + self.template.stop), "messages",
-                              answered=answered, kept=kept)
+                              answered=answered, kept=kept, parting=self._parting(messages, tools, bos, tokens))
+
+    def _parting(self, messages: list[Message], tools: list[dict[str, Any]] | None, bos: list[int],
+                 tokens: list[int]) -> int:
+        """Where the prompt's last message begins (what comes before it, a system prompt and the history, other
+        prompts likely share), for the engine to save the cells there when it would lose them; 0 when not."""
+        if (self.engine is None or not self.engine.checkpoints_help or len(tokens) <= CHECKPOINT_MIN or not messages
+                or not isinstance(messages[-1].get("content"), str)):
+            return 0
+        before = [*messages[:-1], {**messages[-1], "content": ""}]
+        key = json.dumps([before, tools], sort_keys=True, default=str)  # the same for every question after it
+        cut = self._cuts.pop(key, None)
+        if cut is None:  # tokenizing costs ~7 ms per 1,000 tokens (Gemma's vocabulary): once per system prompt
+            cut = self.template.tokenize(before, self._tokenize, bos, tools)
+        self._cuts[key] = cut
+        if len(self._cuts) > 16:
+            self._cuts.popitem(last=False)
+        return common_prefix(cut, tokens, len(tokens) - 1)
 
     def _generate(self, tokens: list[int], params: GenerationParams, what: str, *, answered: str = "",
-                  kept: Sequence[int] = ()) -> Iterator[Delta]:
-        request = GenerationRequest.resolve(tokens, params, self.context_size, what)
+                  kept: Sequence[int] = (), parting: int = 0) -> Iterator[Delta]:
+        request = GenerationRequest.resolve(tokens, params, self.context_size, what, parting)
         if self.engine is not None:
             return self._text(self._batched(request, params, answered, kept), request, params)
         sampling = request.sampling

@@ -103,6 +103,7 @@ class BatchEngine:
         self._batch = StepBatch(llama_cpp, self.batch_size, filler=self._end)
         self.dripped = 0  # forced tokens fed in a later step than they were forced (per-sequence KV only)
         self.unshared = 0  # sequences given cells of their own to make room (see _decode)
+        self.checkpoints = 0  # prompt prefixes saved to host memory on the way (see _save_checkpoint)
         self._wake = threading.Condition()
         self._closed = self._released = False
         self.restarts = 0  # times the worker failed outside any one sequence and started over
@@ -125,7 +126,7 @@ class BatchEngine:
         channel.cached_tokens = 0  # until the prefix cache places it
         sequence = Sequence(list(request.prompt), request.limit, request.sampling, channel, grammar=grammar,
                             jump=jump if grammar is not None else None, avoid=avoid,
-                            guard=RunawayGuard() if grammar is not None else None)
+                            guard=RunawayGuard() if grammar is not None else None, checkpoint=request.parting)
         with self._wake:
             if self._closed:
                 if grammar is not None:
@@ -262,6 +263,7 @@ class BatchEngine:
                                          self.cells.serves)
             if self.stored is not None:
                 placement = self._restored(sequence.prompt, placement)
+                sequence.checkpoint = self.stored.checkpoint_at(sequence.prompt, placement, sequence.checkpoint)
             self._seat(sequence, placement)
             free.remove(placement.slot)
             self._running[placement.slot] = sequence
@@ -289,6 +291,22 @@ class BatchEngine:
         if saved is not None:
             self.stored.add(tokens, *saved)
         self.cells.clear(slot)
+
+    @property
+    def checkpoints_help(self) -> bool:
+        """Whether a prompt's cells saved where prompts part serve later prompts that a finished sequence's cells
+        would not: sliding-window layers, held cells moved to host memory (HostStore.checkpoint_at)."""
+        return self.stored is not None and self.cells.window > 0
+
+    def _save_checkpoint(self, sequence: Sequence) -> None:
+        """The sequence's cells now hold the prompt up to its checkpoint: save them to host memory, for the next
+        prompt that shares that prefix (see HostStore.checkpoint_at)."""
+        assert self.stored is not None
+        saved = self.cells.save(sequence.seq_id)
+        if saved is not None:
+            self.stored.add(sequence.prompt[:sequence.checkpoint], *saved)
+            self.checkpoints += 1
+        sequence.checkpoint = 0
 
     def _restored(self, prompt: list[int], placement: Placement) -> Placement:
         """`placement`, or the slot given the saved cells of a longer prefix (written back; cut to the prefix by
@@ -343,6 +361,9 @@ class BatchEngine:
         with self._wake:
             for sequence, _ in outputs:  # what they had pending is in their cells now, cancelled or not
                 sequence.pending = []
+            for sequence in running:
+                if sequence.checkpoint and sequence.fed == sequence.checkpoint:
+                    self._save_checkpoint(sequence)
             outputs = [(sequence, index) for sequence, index in outputs if not sequence.channel.cancelled]
             presampled = self.sampler.presample(outputs)
             for sequence, index in outputs:
@@ -397,8 +418,9 @@ class BatchEngine:
         outputs: list[tuple[Sequence, int]] = []
         budget = self.batch_size - sum(len(s.pending) for s in running if s.fed == len(s.prompt))
         for sequence in running:
-            if sequence.fed < len(sequence.prompt):  # (part of) the prompt
-                take = min(len(sequence.prompt) - sequence.fed, max(budget, 0))
+            if sequence.fed < len(sequence.prompt):  # (part of) the prompt, a chunk ending at its checkpoint
+                end = sequence.checkpoint if sequence.fed < sequence.checkpoint else len(sequence.prompt)
+                take = min(end - sequence.fed, max(budget, 0))
                 budget -= take
                 for offset in range(take):
                     last = sequence.fed + offset == len(sequence.prompt) - 1

@@ -22,7 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HostStore", "Placement", "PrefixCache", "common_prefix"]
+__all__ = ["CHECKPOINT_MIN", "HostStore", "Placement", "PrefixCache", "common_prefix"]
+
+CHECKPOINT_MIN = 64  # prompt tokens a checkpoint must save computing (it splits the prompt's prefill in two)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Placement:
     slot: int
     keep: int  # leading prompt tokens whose KV cells are reused, not computed
     donor: int | None = None  # the slot whose cells [0, keep) are shared; None: the slot's own cells
+    shared: int = 0  # leading prompt tokens some cached sequence holds, whether or not its cells still serve them
 
 
 def common_prefix(cached: Sequence[int], prompt: Sequence[int], limit: int) -> int:
@@ -73,9 +76,10 @@ class PrefixCache:
         token is always computed: its logits choose the first generated token.
         """
         limit = len(prompt) - 1 if self.enabled else 0
-        keep, donor = 0, None
+        keep, donor, shared = 0, None, 0
         for other, tokens in itertools.chain(((s, self._held.get(s, ())) for s in free), running.items()):
             length = common_prefix(tokens, prompt, limit)
+            shared = max(shared, length)
             if length > keep and reusable(other, length):
                 keep, donor = length, other
         if donor in self._held and keep == len(self._held[donor]):
@@ -85,7 +89,7 @@ class PrefixCache:
                                             else self._used.get(s, -1)))
         self._held.pop(slot, None)
         self._used[slot] = next(self._clock)
-        return Placement(slot, keep, None if donor == slot else donor)
+        return Placement(slot, keep, None if donor == slot else donor, shared)
 
     def hold(self, slot: int, tokens: list[int]) -> list[int]:
         """A sequence ended in `slot`; its cells, holding `tokens`, stay for later prompts. Returns the slots
@@ -154,6 +158,21 @@ class HostStore:
         if found is not None:
             self._entries.move_to_end(found)
         return length, blob
+
+    def checkpoint_at(self, prompt: Sequence[int], placement: Placement, parting: int = 0) -> int:
+        """Where a new sequence should save its cells on its way through `prompt` (0: nowhere).
+
+        In a sliding-window cache a finished sequence keeps only the window behind its end, so a long system
+        prompt followed by different questions would be computed again for each question. Cells saved where
+        prompts part serve the next one (as llama-server's context checkpoints do): at `parting` (the start of a
+        chat's last message) or at the longest prefix a cached sequence (in place or here) shares with `prompt`
+        but cannot serve it from, whichever comes first, once it is `CHECKPOINT_MIN` or more tokens past what
+        `placement` reuses."""
+        stored = max((common_prefix(tokens, prompt, len(prompt) - 1) for tokens, _, _ in self._entries.values()),
+                     default=0)
+        ends = [end for end in (parting, max(placement.shared, stored))
+                if placement.keep + CHECKPOINT_MIN <= end < len(prompt)]
+        return min(ends, default=0)
 
     def entries(self) -> list[tuple[list[int], Any]]:
         """(tokens, blob) of every entry, least recently used first."""

@@ -33,6 +33,8 @@ class Sequence:
     jump: JsonJump | None = None
     avoid: tuple[int, ...] = ()  # tokens never sampled first
     shares: bool = False  # holds cells another sequence holds too (one KV buffer)
+    checkpoint: int = 0  # once this many prompt tokens are in its cells, save them to host memory (0: never;
+    # until it is placed, the request's `parting`)
     guard: RunawayGuard | None = None  # lowers tokens that would go on repeating (answers under a grammar)
 
     @property
