@@ -113,8 +113,8 @@ def test_a_running_sequence_shares_its_prefix_with_a_new_one(cached: LlamaCppMod
     assert cached.engine is not None
     engine = cached.engine
     engine.cache.forget()  # nothing held: only the running sequence can donate
-    if engine.stored is not None:
-        engine.stored.clear()
+    if engine.host is not None:
+        engine.host.store.clear()
     for slot in range(engine.slots):
         engine.cells.clear(slot)
     started = threading.Event()
@@ -187,8 +187,8 @@ def test_a_sequence_cancelled_during_a_decode_holds_what_its_cells_hold(cached: 
     with engine._wake:  # the idle worker moves held cells to host memory only while it holds this lock
         held = [(slot, tokens) for slot, tokens in engine.cache.holders().items() if tokens[:len(prompt)] == prompt]
         if not held:  # already moved (one buffer): written back into a free slot, to count its cells
-            assert engine.stored is not None
-            [(tokens, blob)] = [entry for entry in engine.stored.entries() if entry[0][:len(prompt)] == prompt]
+            assert engine.host is not None
+            [(tokens, blob)] = [entry for entry in engine.host.store.entries() if entry[0][:len(prompt)] == prompt]
             held = [(engine.slots - 1, tokens)]
             assert llama_cpp.llama_state_seq_set_data(engine._ctx, blob, len(blob), held[0][0])
         [(slot, tokens)] = held
@@ -208,7 +208,7 @@ def test_in_one_buffer_held_cells_go_to_host_memory_when_idle_and_come_back_for_
     assert engine is not None
     if not engine.unified:
         pytest.skip("one stream per sequence: held cells stay in their own stream")
-    assert engine.stored is not None
+    assert engine.host is not None
     prompt, _, _ = _greedy(cached, "a seed library")
     with engine._wake:
         for _ in range(600):  # moved one slot each OFFLOAD_AFTER (0.1) seconds idle; a bound, not a timing
@@ -216,7 +216,7 @@ def test_in_one_buffer_held_cells_go_to_host_memory_when_idle_and_come_back_for_
                 break
             engine._wake.wait(1.0)
     assert all(engine.cells.last(slot) == -1 for slot in range(engine.slots))
-    assert any(tokens[:len(prompt)] == prompt for tokens, _ in engine.stored.entries())
+    assert any(tokens[:len(prompt)] == prompt for tokens, _ in engine.host.store.entries())
     _, generated, reused = _greedy(cached, "a seed library")
     assert reused == len(prompt) - 1
     assert_greedy_within_a_tie(reference, prompt, generated)

@@ -76,12 +76,12 @@ def test_a_prefix_whose_window_is_gone_is_computed_again(model: LlamaCppModel, r
     (cells from ~150 on): a prompt sharing its first ~300 tokens cannot go on from those (its next token attends
     back to position 0), so it is computed from scratch, not restored with its first cells missing."""
     engine = model.engine
-    assert engine is not None and engine.stored is not None
+    assert engine is not None and engine.host is not None
     _forget_everything(engine)  # nothing held or stored from other tests
     long = _prompt(model, COUNTING)
     assert len(list(engine.generate(GenerationRequest(long, 24, SamplingSpec(0.0, 1.0))))) == 24
     _idle_until_stored(engine)
-    [(tokens, _, first)] = engine.stored._entries.values()
+    [(tokens, _, first)] = engine.host.store._entries.values()
     assert tokens[:len(long)] == long
     assert 100 < first < 200
     prompt = long[:300] + _prompt(model, " ... and now backwards: 9, 8, 7,")[1:]
@@ -104,7 +104,7 @@ def _idle_until_stored(engine: Any) -> None:
 def _forget_everything(engine: Any) -> None:
     with engine._wake:
         engine.cache.forget()
-        engine.stored.clear()
+        engine.host.store.clear()
         for slot in range(engine.slots):
             engine.cells.clear(slot)
 
@@ -115,20 +115,20 @@ def test_prompts_that_part_after_a_long_shared_prefix_save_it_where_they_part(mo
     prompt sharing its first ~640 tokens cannot go on from it: it is computed again, and its cells are saved where
     the two prompts part. The third prompt sharing that prefix goes on from there."""
     engine = model.engine
-    assert engine is not None and engine.stored is not None
+    assert engine is not None and engine.host is not None
     _forget_everything(engine)
     shared = _prompt(model, COUNTING)
     prompts = [shared + _prompt(model, f" ... {word}")[1:] for word in ("first", "second", "third")]
-    before = engine.checkpoints
+    before = engine.host.checkpoints
     runs = []
     for prompt in prompts:
         generation = engine.generate(GenerationRequest(prompt, 16, SamplingSpec(0.0, 1.0)))
         runs.append((generation, list(generation)))
         _idle_until_stored(engine)
     assert [generation.cached_tokens for generation, _ in runs[:2]] == [0, 0]
-    assert engine.checkpoints == before + 1
+    assert engine.host.checkpoints == before + 1
     parted = len(shared) + 1  # " ..." is the same token in all three
-    assert any(tokens == prompts[1][:parted] for tokens, _ in engine.stored.entries())
+    assert any(tokens == prompts[1][:parted] for tokens, _ in engine.host.store.entries())
     assert runs[2][0].cached_tokens == parted
     assert_greedy_within_a_tie(reference, prompts[2], runs[2][1])
 
@@ -138,17 +138,17 @@ def test_a_chat_saves_its_cells_where_its_last_message_begins(model: LlamaCppMod
     the next question after that system prompt computes only itself, though the first sequence kept only the
     window behind its end."""
     engine = model.engine
-    assert engine is not None and engine.stored is not None
+    assert engine is not None and engine.host is not None
     _forget_everything(engine)
     system = {"role": "system", "content": COUNTING}
-    before = engine.checkpoints
+    before = engine.host.checkpoints
     usages = []
     for question in ("What comes next?", "Which number was first?"):
         answer = model.create_chat_completion(messages=[system, {"role": "user", "content": question}],
                                               max_tokens=8, temperature=0)
         usages.append(answer["usage"])
         _idle_until_stored(engine)
-    assert engine.checkpoints == before + 1
+    assert engine.host.checkpoints == before + 1
     first, second = usages
     assert first["prompt_tokens_details"]["cached_tokens"] == 0
     question = len(model.llama.tokenize(b"Which number was first?", add_bos=False, special=False))

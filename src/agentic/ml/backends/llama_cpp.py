@@ -199,7 +199,8 @@ class LlamaCppModel(Model):
                  tokens: list[int]) -> int:
         """Where the prompt's last message begins (what comes before it, a system prompt and the history, other
         prompts likely share), for the engine to save the cells there when it would lose them; 0 when not."""
-        if (self.engine is None or not self.engine.checkpoints_help or len(tokens) <= CHECKPOINT_MIN or not messages
+        host = self.engine.host if self.engine is not None else None
+        if (host is None or not host.checkpoints_help or len(tokens) <= CHECKPOINT_MIN or not messages
                 or not isinstance(messages[-1].get("content"), str)):
             return 0
         before = [*messages[:-1], {**messages[-1], "content": ""}]

@@ -21,9 +21,10 @@ from ...errors import AgenticError, EngineFailedError, ModelClosedError, ModelLo
 from ..generation import GenerationRequest, SamplingSpec
 from .channel import TokenChannel
 from .grammar_sampler import Grammar
+from .host_cells import HostCells
 from .jump_forward import JsonJump
 from .kv_cells import KvCells
-from .prefix_cache import HostStore, Placement, PrefixCache
+from .prefix_cache import Placement, PrefixCache
 from .runaway import RunawayGuard
 from .sequence import Sequence, in_cells
 from .step_batch import StepBatch, gap_fillers
@@ -89,12 +90,12 @@ class BatchEngine:
         # Per sequence, a slot's held cells are in its own stream and cost no other sequence's decode. Unified, up
         # to a quarter of the cells (`held_budget`) stay held in place after their sequences end; held cells widen
         # every decode's attention (up to the last used cell: +4% on one stream's decode after 16 x 256 answers),
-        # so once the engine idles they are saved to host memory and freed (`self.stored`, as much again), as
+        # so once the engine idles they are saved to host memory and freed (`self.host`, as much again), as
         # llama-server's --cache-idle-slots does. Without flash attention llama.cpp stores V transposed, which
         # makes saving slow: then held cells stay in place.
         budget = held_budget(slots, context_per_slot)
-        self.stored = HostStore(budget, self.cells.reaches) if unified and prefix_cache and flash_attention else None
         self.cache = PrefixCache(prefix_cache, budget=budget if unified else None, compact=not unified)
+        self.host = HostCells(self.cells, self.cache, budget) if unified and prefix_cache and flash_attention else None
         end_of_turn = llama_cpp.llama_vocab_eot(self._vocab)
         self._end = end_of_turn if end_of_turn >= 0 else llama_cpp.llama_vocab_eos(self._vocab)
         # Samples every due sequence after each decode, half of them on a helper thread (step_sampler.py)
@@ -103,7 +104,6 @@ class BatchEngine:
         self._batch = StepBatch(llama_cpp, self.batch_size, filler=self._end)
         self.dripped = 0  # forced tokens fed in a later step than they were forced (per-sequence KV only)
         self.unshared = 0  # sequences given cells of their own to make room (see _decode)
-        self.checkpoints = 0  # prompt prefixes saved to host memory on the way (see _save_checkpoint)
         self._wake = threading.Condition()
         self._closed = self._released = False
         self.restarts = 0  # times the worker failed outside any one sequence and started over
@@ -219,8 +219,8 @@ class BatchEngine:
         self._waiting.clear()
         self.cells.clear()
         self.cache.forget()
-        if self.stored is not None:
-            self.stored.clear()
+        if self.host is not None:
+            self.host.store.clear()
 
     def _loop(self) -> None:
         while True:
@@ -228,8 +228,8 @@ class BatchEngine:
                 self._drop_cancelled()
                 self._admit()
                 while not self._running and not self._closed:
-                    if not self._wake.wait(self._idle_wait()):  # idle that long: one held slot to host memory
-                        self._offload()
+                    if not self._wake.wait(self._idle_wait()) and self.host:  # idle: a held slot to host memory
+                        self.host.offload_oldest()
                     self._drop_cancelled()
                     self._admit()
                 if self._closed:
@@ -261,9 +261,10 @@ class BatchEngine:
             placement = self.cache.place(sequence.prompt, free,
                                          {slot: in_cells(other) for slot, other in self._running.items()},
                                          self.cells.serves)
-            if self.stored is not None:
-                placement = self._restored(sequence.prompt, placement)
-                sequence.checkpoint = self.stored.checkpoint_at(sequence.prompt, placement, sequence.checkpoint)
+            if self.host is not None:
+                placement, sequence.checkpoint = self.host.place(sequence.prompt, placement, sequence.checkpoint)
+            else:
+                sequence.checkpoint = 0
             self._seat(sequence, placement)
             free.remove(placement.slot)
             self._running[placement.slot] = sequence
@@ -281,44 +282,7 @@ class BatchEngine:
     def _idle_wait(self) -> float | None:
         """How long the idle worker waits for work: until it comes, or `OFFLOAD_AFTER` when held cells can go to
         host memory."""
-        return OFFLOAD_AFTER if self.stored is not None and self.cache.holders() else None
-
-    def _offload(self) -> None:
-        """Save the least recently used held slot's cells to host memory (`self.stored`) and free them."""
-        assert self.stored is not None
-        slot, tokens = self.cache.take_oldest()
-        saved = self.cells.save(slot)
-        if saved is not None:
-            self.stored.add(tokens, *saved)
-        self.cells.clear(slot)
-
-    @property
-    def checkpoints_help(self) -> bool:
-        """Whether a prompt's cells saved where prompts part serve later prompts that a finished sequence's cells
-        would not: sliding-window layers, held cells moved to host memory (HostStore.checkpoint_at)."""
-        return self.stored is not None and self.cells.window > 0
-
-    def _save_checkpoint(self, sequence: Sequence) -> None:
-        """The sequence's cells now hold the prompt up to its checkpoint: save them to host memory, for the next
-        prompt that shares that prefix (see HostStore.checkpoint_at)."""
-        assert self.stored is not None
-        saved = self.cells.save(sequence.seq_id)
-        if saved is not None:
-            self.stored.add(sequence.prompt[:sequence.checkpoint], *saved)
-            self.checkpoints += 1
-        sequence.checkpoint = 0
-
-    def _restored(self, prompt: list[int], placement: Placement) -> Placement:
-        """`placement`, or the slot given the saved cells of a longer prefix (written back; cut to the prefix by
-        `_seat`). Kept as it was when nothing saved is longer; when the write-back fails (no room, or the cells do
-        not reach back a window) the slot's own cells are gone with it, so only a donor's can still be reused."""
-        assert self.stored is not None
-        length, blob = self.stored.best(prompt, len(prompt) - 1)
-        if length <= placement.keep:
-            return placement
-        if self.cells.write_back(placement.slot, blob, length):
-            return Placement(placement.slot, length)
-        return placement if placement.donor is not None else Placement(placement.slot, 0)
+        return OFFLOAD_AFTER if self.host is not None and self.cache.holders() else None
 
     def _drop_cancelled(self) -> None:
         for sequence in [s for s in self._running.values() if s.channel.cancelled]:
@@ -362,8 +326,9 @@ class BatchEngine:
             for sequence, _ in outputs:  # what they had pending is in their cells now, cancelled or not
                 sequence.pending = []
             for sequence in running:
-                if sequence.checkpoint and sequence.fed == sequence.checkpoint:
-                    self._save_checkpoint(sequence)
+                if sequence.checkpoint and sequence.fed == sequence.checkpoint and self.host:
+                    self.host.save_checkpoint(sequence.seq_id, sequence.prompt[:sequence.checkpoint])
+                    sequence.checkpoint = 0
             outputs = [(sequence, index) for sequence, index in outputs if not sequence.channel.cancelled]
             presampled = self.sampler.presample(outputs)
             for sequence, index in outputs:
