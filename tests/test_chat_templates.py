@@ -30,3 +30,20 @@ def test_a_template_that_refuses_the_messages_or_does_not_compile_is_an_invalid_
     for _ in range(2):  # a broken template is not cached as if it compiled
         with pytest.raises(InvalidRequestError, match="chat template of broken failed"):
             ChatTemplate("{% for message in messages %}", name="broken").render(MESSAGES)
+
+
+def test_text_known_to_hold_no_control_token_text_is_tokenized_once() -> None:
+    """Checking a message for control-token text tokenizes it twice more (5.5 of 8.5 ms for a 1,200-token system
+    prompt on Gemma 3): skipped for text `plain` clears; text it does not clear is still checked."""
+    calls: list[tuple[str, bool]] = []
+
+    def tokenize(text: str, special: bool) -> list[int]:
+        calls.append((text, special))
+        return [ord(character) for character in text]
+
+    template = ChatTemplate(GEMMA_TEMPLATE, bos_token="<bos>")
+    assert template.tokenize(MESSAGES, tokenize, [2], plain=lambda text: "<" not in text)
+    assert len(calls) == 1  # the whole prompt only
+    calls.clear()
+    template.tokenize(MESSAGES, tokenize, [2])
+    assert len(calls) == 5  # each message twice, then the whole prompt

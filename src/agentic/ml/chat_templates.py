@@ -80,19 +80,21 @@ class ChatTemplate:
                                       param="messages") from None
 
     def tokenize(self, messages: list[dict[str, Any]], tokenize: Tokenize, bos: list[int],
-                 tools: list[dict[str, Any]] | None = None) -> list[int]:
+                 tools: list[dict[str, Any]] | None = None, plain: Callable[[str], bool] | None = None) -> list[int]:
         """The prompt's tokens, with the messages' own text never read as control tokens.
 
         Only the template's markup may become control tokens: `<start_of_turn>` typed by a user costs
         the tokens of its characters, so user text cannot forge a turn or a system prompt. Prompts
         whose messages hold no control-token text are tokenized in one piece, exactly as before.
-        `bos` is prepended unless the rendered text starts with the BOS token itself.
+        `bos` is prepended unless the rendered text starts with the BOS token itself. `plain(text)`: True when
+        `text` certainly holds no control-token text (then it is not tokenized twice to find out).
         """
         text = self.render(messages, tools)
         start = [] if self.bos_token and text.startswith(self.bos_token) else bos
         contents = [(index, message["content"]) for index, message in enumerate(messages)
                     if isinstance(message.get("content"), str) and message["content"]]
-        risky = [index for index, content in contents if tokenize(content, True) != tokenize(content, False)]
+        risky = [index for index, content in contents
+                 if not (plain and plain(content)) and tokenize(content, True) != tokenize(content, False)]
         if not risky:
             return start + tokenize(text, True)
         pieces = self._split(messages, text, [index for index, _ in contents], tools)
