@@ -284,8 +284,8 @@ class BatchEngine:
     def _warm_up(self) -> None:
         """One decode before the first request, as llama-server does at start: llama.cpp's first decode sets up
         what later ones reuse (the first request's time to first token was 36-50 ms against 24 ms after). On the
-        worker thread, as every decode: a decode on another thread left a second team of compute threads
-        spinning beside the worker's (every request 40-55 ms)."""
+        worker thread, as every decode: in llama.cpp's OpenMP build a decode on another thread left a second team
+        of compute threads spinning beside the worker's (every request 40-55 ms)."""
         lib = self._lib
         tokens = (lib.llama_token * 2)(*(max(token, 0) for token in (lib.llama_vocab_bos(self._vocab), self._end)))
         lib.llama_decode(self._ctx, lib.llama_batch_get_one(tokens, 2))
