@@ -228,9 +228,9 @@ def test_the_host_store_keeps_the_longest_prefixes_within_its_budget() -> None:
     store.add([1, 2, 3, 4, 5], "turn 2")  # the next turn of that conversation replaces its first
     assert store.entries() == [([1, 2, 3, 4, 5], "turn 2")]
     store.add([7, 7, 7], "other")
-    assert store.best([1, 2, 3, 4, 9], limit=4) == (4, "turn 2")  # and it becomes the most recently used
-    assert store.best([1, 2, 3, 4, 9], limit=2) == (2, "turn 2")  # never more than the limit
-    assert store.best([5], limit=1) == (0, None)
+    assert store.best([1, 2, 3, 4, 9], limit=4) == (4, "turn 2", 4)  # and it becomes the most recently used
+    assert store.best([1, 2, 3, 4, 9], limit=2) == (2, "turn 2", 2)  # never more than the limit
+    assert store.best([5], limit=1) == (0, None, 0)
     store.add([8, 8, 8], "third")  # 11 > 10: the least recently used goes
     assert [blob for _, blob in store.entries()] == ["turn 2", "third"]
     store.add(list(range(20, 40)), "big")  # alone over the budget, the newest stays

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agentic.ml.engines.prefix_cache import CHECKPOINT_MIN, HostStore, Placement, PrefixCache
+from agentic.ml.engines.prefix_cache import CHECKPOINT_MIN, HostStore, Placement, PrefixCache, checkpoint_at
 from agentic.ml.generation import GenerationRequest, SamplingSpec
 from agentic.ml.model_manager import LlamaCppModel
 from conftest import assert_greedy_within_a_tie, batched_llama
@@ -174,8 +174,8 @@ def test_the_host_store_keeps_and_picks_the_entries_whose_cells_serve() -> None:
     store.add([1, 2, 3], "turn 1", first=1)
     store.add([1, 2, 3, 4, 5, 6], "turn 2", first=4)  # cannot serve a prompt going on after [1, 2, 3]: both kept
     assert [blob for _, blob in store.entries()] == ["turn 1", "turn 2"]
-    assert store.best([1, 2, 3, 4, 5, 6, 7], 6) == (6, "turn 2")
-    assert store.best([1, 2, 3, 4, 9], 4) == (3, "turn 1")  # turn 2's cells start after what this prompt needs
+    assert store.best([1, 2, 3, 4, 5, 6, 7], 6) == (6, "turn 2", 6)
+    assert store.best([1, 2, 3, 4, 9], 4) == (3, "turn 1", 4)  # turn 2's cells start after what this prompt needs
     store.add([1, 2, 3, 4, 5, 6, 7], "turn 2 again", first=1)  # serves both: the two earlier entries go
     assert [blob for _, blob in store.entries()] == ["turn 2 again"]
 
@@ -184,11 +184,11 @@ def test_a_checkpoint_goes_where_prompts_part_first_and_only_when_it_saves_enoug
     store = HostStore(budget=10_000, reaches=lambda first, length: False)  # no stored cells serve
     prompt = list(range(1000))
     store.add(prompt[:700] + [-1], "another question", first=200)
-    seen = Placement(slot=0, keep=0, shared=500)  # a held slot shares 500 tokens
-    assert store.checkpoint_at(prompt, seen) == 700  # the longest shared prefix: the stored entry's
-    assert store.checkpoint_at(prompt, seen, parting=600) == 600  # a chat's last message begins before it
-    assert store.checkpoint_at(prompt, Placement(0, keep=620), parting=600) == 700  # 600 is reused already
-    assert store.checkpoint_at(prompt, Placement(0, keep=700 - CHECKPOINT_MIN + 1)) == 0  # too little to save
-    empty = HostStore(budget=10_000)
-    assert empty.checkpoint_at(prompt[:701], Placement(0, keep=0), parting=700) == 700
-    assert empty.checkpoint_at(prompt[:701], Placement(0, keep=0), parting=701) == 0  # the last token is computed
+    assert store.best(prompt, 999) == (0, None, 700)  # the longest prefix stored, though its cells do not serve
+    seen = Placement(slot=0, keep=0, shared=700)  # shared: the longest prefix held in place or stored
+    assert checkpoint_at(1000, seen) == 700
+    assert checkpoint_at(1000, seen, parting=600) == 600  # a chat's last message begins before it
+    assert checkpoint_at(1000, Placement(0, keep=620, shared=700), parting=600) == 700  # 600 is reused already
+    assert checkpoint_at(1000, Placement(0, keep=700 - CHECKPOINT_MIN + 1, shared=700)) == 0  # too little to save
+    assert checkpoint_at(701, Placement(0, keep=0), parting=700) == 700
+    assert checkpoint_at(701, Placement(0, keep=0), parting=701) == 0  # the last token is computed

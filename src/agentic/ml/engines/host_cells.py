@@ -3,13 +3,15 @@
 With one KV buffer, cells held in place after their sequences end widen every decode's attention, so once the
 engine idles they are saved to host memory and freed (llama-server's --cache-idle-slots); a prompt going on from
 saved cells gets them written back into its slot. A sliding-window cache saves only the window behind a
-sequence's end, so prompts also save their cells where prompts part on the way (HostStore.checkpoint_at).
+sequence's end, so prompts also save their cells where prompts part on the way (prefix_cache.checkpoint_at).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .kv_cells import KvCells
-from .prefix_cache import HostStore, Placement, PrefixCache
+from .prefix_cache import HostStore, Placement, PrefixCache, checkpoint_at
 
 __all__ = ["HostCells"]
 
@@ -41,13 +43,14 @@ class HostCells:
         seated), and where the new sequence should save its cells on the way (0: nowhere; `parting`: where a
         chat's last message begins). When the write-back fails (no room, or the cells do not reach back a window)
         the slot's own cells are gone with it, so only a donor's can still be reused."""
-        length, blob = self.store.best(prompt, len(prompt) - 1)
+        length, blob, stored = self.store.best(prompt, len(prompt) - 1)
+        placement = replace(placement, shared=max(placement.shared, stored))
         if length > placement.keep:
             if self.cells.write_back(placement.slot, blob, length):
-                placement = Placement(placement.slot, length, shared=placement.shared)
+                placement = replace(placement, keep=length, donor=None)
             elif placement.donor is None:
-                placement = Placement(placement.slot, 0, shared=placement.shared)
-        return placement, self.store.checkpoint_at(prompt, placement, parting)
+                placement = replace(placement, keep=0)
+        return placement, checkpoint_at(len(prompt), placement, parting)
 
     def save_checkpoint(self, slot: int, tokens: list[int]) -> None:
         """`slot`'s cells now hold `tokens` (a prompt up to where prompts part): save them."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CHECKPOINT_MIN", "HostStore", "Placement", "PrefixCache", "common_prefix"]
+__all__ = ["CHECKPOINT_MIN", "HostStore", "Placement", "PrefixCache", "checkpoint_at", "common_prefix"]
 
 CHECKPOINT_MIN = 64  # prompt tokens a checkpoint must save computing (it splits the prompt's prefill in two)
 
@@ -45,6 +45,19 @@ def common_prefix(cached: Sequence[int], prompt: Sequence[int], limit: int) -> i
             break
         count += 1
     return count
+
+
+def checkpoint_at(prompt_length: int, placement: Placement, parting: int = 0) -> int:
+    """Where a new sequence should save its cells on its way through its prompt (0: nowhere).
+
+    In a sliding-window cache a finished sequence keeps only the window behind its end, so a long system prompt
+    followed by different questions would be computed again for each question. Cells saved where prompts part
+    serve the next one (as llama-server's context checkpoints do): at `parting` (the start of a chat's last
+    message) or at the longest prefix a cached sequence shares with the prompt but cannot serve it from
+    (`placement.shared`), whichever comes first, once it is `CHECKPOINT_MIN` or more tokens past what `placement`
+    reuses."""
+    ends = [end for end in (parting, placement.shared) if placement.keep + CHECKPOINT_MIN <= end < prompt_length]
+    return min(ends, default=0)
 
 
 class PrefixCache:
@@ -147,32 +160,18 @@ class HostStore:
         while self.tokens > self.budget and len(self._entries) > 1:
             self._entries.popitem(last=False)
 
-    def best(self, prompt: Sequence[int], limit: int) -> tuple[int, Any]:
-        """The longest stored prefix of `prompt` (at most `limit` tokens) whose cells serve it, and its blob; (0, None)
-        without one."""
-        length, blob, found = 0, None, None
+    def best(self, prompt: Sequence[int], limit: int) -> tuple[int, Any, int]:
+        """The longest stored prefix of `prompt` (at most `limit` tokens) whose cells serve it and its blob ((0, None)
+        without one), and the longest any entry holds, whether or not its cells serve it."""
+        length, blob, found, longest = 0, None, None, 0
         for key, (tokens, entry, first) in self._entries.items():
             shared = common_prefix(tokens, prompt, limit)
+            longest = max(longest, shared)
             if shared > length and self._reaches(first, shared):
                 length, blob, found = shared, entry, key
         if found is not None:
             self._entries.move_to_end(found)
-        return length, blob
-
-    def checkpoint_at(self, prompt: Sequence[int], placement: Placement, parting: int = 0) -> int:
-        """Where a new sequence should save its cells on its way through `prompt` (0: nowhere).
-
-        In a sliding-window cache a finished sequence keeps only the window behind its end, so a long system
-        prompt followed by different questions would be computed again for each question. Cells saved where
-        prompts part serve the next one (as llama-server's context checkpoints do): at `parting` (the start of a
-        chat's last message) or at the longest prefix a cached sequence (in place or here) shares with `prompt`
-        but cannot serve it from, whichever comes first, once it is `CHECKPOINT_MIN` or more tokens past what
-        `placement` reuses."""
-        stored = max((common_prefix(tokens, prompt, len(prompt) - 1) for tokens, _, _ in self._entries.values()),
-                     default=0)
-        ends = [end for end in (parting, max(placement.shared, stored))
-                if placement.keep + CHECKPOINT_MIN <= end < len(prompt)]
-        return min(ends, default=0)
+        return length, blob, longest
 
     def entries(self) -> list[tuple[list[int], Any]]:
         """(tokens, blob) of every entry, least recently used first."""
